@@ -1,0 +1,14 @@
+"""Decoder-only (GPT-like) causal language model, in GPT-2's style.
+
+  python -m transformer.describe --config=configs/decoder_only.py:gpt2-small
+
+Presets (the SIZES table in transformer/presets.py): tiny, mini, small (byte vocabulary),
+gpt2-small, gpt2-medium, gpt2-large, gpt2-xl. Any field can be overridden, e.g.
+`--config.model.position=rope --config.model.num_kv_heads=1`.
+"""
+
+from transformer import presets
+
+
+def get_config(arg: str | None = None):
+  return presets.get_config('decoder_only', arg)

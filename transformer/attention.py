@@ -1,0 +1,195 @@
+"""Scaled dot-product attention, its masks, and the multi-head attention module.
+
+Shapes: B batch, T query length, S key/value length, N query heads, K key/value heads
+(N = K * G: grouped-query attention when 1 < K < N, multi-query when K == 1), H head size,
+D model width. Masks are boolean, True where a query may attend to a key, and broadcast to
+(B, N, T, S); biases are additive and broadcast the same way.
+"""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from transformer import positional
+
+# --- masks -------------------------------------------------------------------------------------
+
+
+def causal_mask(q_len: int, kv_len: int | None = None) -> jax.Array:
+  """(1, 1, T, S): query i sees key j <= i. With S > T the queries are the last T positions."""
+  kv_len = q_len if kv_len is None else kv_len
+  q_index = jnp.arange(q_len)[:, None] + (kv_len - q_len)
+  return (jnp.arange(kv_len)[None, :] <= q_index)[None, None]
+
+
+def padding_mask(q_valid_BxT: jax.Array, kv_valid_BxS: jax.Array) -> jax.Array:
+  """(B, 1, T, S): both the query and the key are real tokens."""
+  return (q_valid_BxT[:, :, None] & kv_valid_BxS[:, None, :])[:, None]
+
+
+def segment_mask(q_segment_ids_BxT: jax.Array, kv_segment_ids_BxS: jax.Array) -> jax.Array:
+  """(B, 1, T, S): same packed document, and not padding (segment id 0 is padding)."""
+  same = q_segment_ids_BxT[:, :, None] == kv_segment_ids_BxS[:, None, :]
+  real = padding_mask(q_segment_ids_BxT != 0, kv_segment_ids_BxS != 0)[:, 0]
+  return (same & real)[:, None]
+
+
+def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
+  """Logical AND of the masks that are not None; None if all are."""
+  masks = [m for m in masks if m is not None]
+  return functools.reduce(jnp.logical_and, masks) if masks else None
+
+
+# --- scaled dot-product attention --------------------------------------------------------------
+
+
+def _grouped(x: jax.Array | None, K: int, G: int) -> jax.Array | None:
+  """(b, N or 1, t, s) -> (b, K or 1, G or 1, t, s), splitting query heads into K groups of G."""
+  if x is None:
+    return None
+  b, n, t, s = x.shape
+  return x[:, :, None] if n == 1 else x.reshape(b, K, G, t, s)
+
+
+def attention_weights(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, *,
+                      mask: jax.Array | None = None, bias: jax.Array | None = None,
+                      is_causal: bool = False) -> jax.Array:
+  """softmax(Q K^T / sqrt(H) + bias) over keys, in float32, as (B, N, T, S).
+
+  Masked entries get weight 0; a query with no visible key gets a row of zeros (never NaN).
+  """
+  B, T, N, H = q_BxTxNxH.shape
+  S, K = k_BxSxKxH.shape[1], k_BxSxKxH.shape[2]
+  G = N // K
+  if is_causal:
+    mask = combine_masks(mask, causal_mask(T, S))
+  q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, G, H)
+  logits_BxKxGxTxS = jnp.einsum('BTKGH,BSKH->BKGTS', q_BxTxKxGxH, k_BxSxKxH,
+                                preferred_element_type=jnp.float32)
+  logits_BxKxGxTxS = logits_BxKxGxTxS * (H ** -0.5)
+  if bias is not None:
+    logits_BxKxGxTxS = logits_BxKxGxTxS + _grouped(bias, K, G).astype(jnp.float32)
+  if mask is not None:
+    mask = _grouped(mask, K, G)
+    logits_BxKxGxTxS = jnp.where(mask, logits_BxKxGxTxS, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(logits_BxKxGxTxS, axis=-1)
+  if mask is not None:  # zero the masked entries, and with them every fully masked row
+    weights = jnp.where(mask, weights, 0.0)
+  return weights.reshape(B, N, T, S)
+
+
+def dot_product_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array, *,
+                          mask: jax.Array | None = None, bias: jax.Array | None = None,
+                          is_causal: bool = False, impl: str = 'einsum',
+                          dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None
+                          ) -> jax.Array:
+  """softmax(Q K^T / sqrt(H) + bias) V, returned as (B, T, N, H) in the dtype of V.
+
+  impl='einsum' is the plain path (and the only one with attention dropout); 'xla' and
+  'cudnn' call `jax.nn.dot_product_attention` (cuDNN flash attention on GPU). All paths give
+  the same result, including zeros for a query that sees no key.
+  """
+  B, T, N, H = q_BxTxNxH.shape
+  S, K = k_BxSxKxH.shape[1], k_BxSxKxH.shape[2]
+  if impl == 'einsum':
+    weights_BxNxTxS = attention_weights(q_BxTxNxH, k_BxSxKxH, mask=mask, bias=bias,
+                                        is_causal=is_causal)
+    if dropout_rate > 0.0 and dropout_rng is not None:
+      keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights_BxNxTxS.shape)
+      weights_BxNxTxS = jnp.where(keep, weights_BxNxTxS / (1.0 - dropout_rate), 0.0)
+    G = N // K
+    weights_BxKxGxTxS = weights_BxNxTxS.reshape(B, K, G, T, S).astype(v_BxSxKxH.dtype)
+    out_BxTxKxGxH = jnp.einsum('BKGTS,BSKH->BTKGH', weights_BxKxGxTxS, v_BxSxKxH)
+    return out_BxTxKxGxH.reshape(B, T, N, H)
+  if impl not in ('xla', 'cudnn'):
+    raise ValueError(f"attention impl must be 'einsum', 'xla' or 'cudnn', got {impl!r}")
+  if is_causal and T != S:  # jax aligns a rectangular causal mask differently: make it explicit
+    mask, is_causal = combine_masks(mask, causal_mask(T, S)), False
+  out_BxTxNxH = jax.nn.dot_product_attention(
+      q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, bias=bias, mask=mask, is_causal=is_causal,
+      implementation=impl)
+  if mask is not None:  # jax averages V over a fully masked row; we return zeros there
+    sees_any_Bx1xTxN = jnp.swapaxes(jnp.any(mask, axis=-1), 1, 2)[..., None]
+    out_BxTxNxH = out_BxTxNxH * sees_any_Bx1xTxN.astype(out_BxTxNxH.dtype)
+  return out_BxTxNxH
+
+
+# --- the module --------------------------------------------------------------------------------
+
+
+class MultiHeadAttention(nn.Module):
+  """Self- or cross-attention with N query heads and K key/value heads.
+
+  Pass `kv_BxSxD` for cross-attention. `position` is 'rope' or 'alibi' to apply those here
+  (self-attention only); any other value leaves positions to the embeddings. When the
+  'intermediates' collection is mutable, the per-head weights (B, N, T, S) are sown as
+  'attention_weights' (computed on the einsum path).
+  """
+
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  position: str = 'none'
+  rope_base: float = 10000.0
+  use_bias: bool = True
+  dropout_rate: float = 0.0
+  impl: str = 'einsum'
+  init_std: float = 0.02
+  out_init_std: float | None = None  # None: init_std
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  def _project(self, name, x, shape, equation, kernel_axes, bias_axes, std):
+    return nn.Einsum(
+        shape, equation, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.normal(std), kernel_axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, bias_axes),
+        name=name)(x)
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array, kv_BxSxD: jax.Array | None = None, *,
+               mask: jax.Array | None = None, is_causal: bool = False,
+               q_positions_BxT: jax.Array | None = None,
+               kv_positions_BxS: jax.Array | None = None,
+               deterministic: bool = True) -> jax.Array:
+    self_attention = kv_BxSxD is None
+    kv_BxSxD = x_BxTxD if self_attention else kv_BxSxD
+    D, N, K, H = x_BxTxD.shape[-1], self.num_heads, self.num_kv_heads, self.head_dim
+    q = self._project('query', x_BxTxD, (D, N, H), 'BTD,DNH->BTNH',
+                      ('embed', 'heads', 'head_dim'), ('heads', 'head_dim'), self.init_std)
+    k = self._project('key', kv_BxSxD, (D, K, H), 'BSD,DKH->BSKH',
+                      ('embed', 'kv_heads', 'head_dim'), ('kv_heads', 'head_dim'), self.init_std)
+    v = self._project('value', kv_BxSxD, (D, K, H), 'BSD,DKH->BSKH',
+                      ('embed', 'kv_heads', 'head_dim'), ('kv_heads', 'head_dim'), self.init_std)
+    q = nn.with_logical_constraint(q, ('batch', 'length', 'heads', 'head_dim'))
+    k = nn.with_logical_constraint(k, ('batch', 'length', 'kv_heads', 'head_dim'))
+    v = nn.with_logical_constraint(v, ('batch', 'length', 'kv_heads', 'head_dim'))
+
+    bias = None
+    if self_attention and self.position in ('rope', 'alibi'):
+      if q_positions_BxT is None:
+        q_positions_BxT = jnp.broadcast_to(jnp.arange(x_BxTxD.shape[1]), x_BxTxD.shape[:2])
+      if kv_positions_BxS is None:
+        kv_positions_BxS = q_positions_BxT
+      if self.position == 'rope':
+        q = positional.apply_rope(q, q_positions_BxT, self.rope_base)
+        k = positional.apply_rope(k, kv_positions_BxS, self.rope_base)
+      else:
+        bias = positional.alibi_bias(N, q_positions_BxT, kv_positions_BxS)
+
+    dropout_rng = None
+    if not deterministic and self.dropout_rate > 0.0:
+      dropout_rng = self.make_rng('dropout')
+    impl = self.impl
+    if self.is_mutable_collection('intermediates'):
+      weights = attention_weights(q, k, mask=mask, bias=bias, is_causal=is_causal)
+      self.sow('intermediates', 'attention_weights', weights)
+      impl = 'einsum'
+    out_BxTxNxH = dot_product_attention(q, k, v, mask=mask, bias=bias, is_causal=is_causal,
+                                        impl=impl, dropout_rate=self.dropout_rate,
+                                        dropout_rng=dropout_rng)
+    out_std = self.init_std if self.out_init_std is None else self.out_init_std
+    return self._project('out', out_BxTxNxH, (N, H, D), 'BTNH,NHD->BTD',
+                         ('heads', 'head_dim', 'embed'), ('embed',), out_std)

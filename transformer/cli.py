@@ -1,0 +1,76 @@
+"""Shared command-line plumbing: the --config flag and one-line errors with exit code 2.
+
+Every entry point (`python -m transformer.X`) calls `run(main)`, where `main(config, argv)`
+receives the loaded ConfigDict. Bad flags, a bad config file or preset, an unknown override
+field and a `ConfigError` all end the program with one line on stderr and exit code 2, before
+anything is compiled.
+"""
+
+import logging
+import pathlib
+import re
+import sys
+from typing import Callable
+
+from transformer.config import ConfigError
+
+DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parent.parent / 'configs' / 'default.py')
+
+
+def fail(message: str, code: int = 2):
+  """Print one line on stderr and exit."""
+  print(f'error: {" ".join(message.split())}', file=sys.stderr)
+  sys.exit(code)
+
+
+def _last_line(error: BaseException) -> str:
+  """The useful line of an error whose text may hold a whole traceback."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  line = lines[-1] if lines else type(error).__name__
+  return re.sub(r'^[\w.]*(Error|Exception): ', '', line)
+
+
+def _override_error(error: BaseException, argv: list[str]) -> str:
+  """Names the --config.X=V override that does not match a field, with config_dict's hint."""
+  text = str(error).encode().decode('unicode_escape').replace('\\n', '\n')
+  name = re.search(r"'(\w+)'", text)
+  hint = re.search(r'Did you mean "\w+" instead of "\w+"\?', text)
+  overrides = [a.split('=')[0] for a in argv if a.startswith('--config.')]
+  culprit = next((o for o in overrides if name and name.group(1) in o.split('.')), None)
+  message = f'{culprit or "a --config override"} is not a field of the config'
+  return f'{message}. {hint.group(0)}' if hint else message
+
+
+def run(main: Callable, default_config: str = DEFAULT_CONFIG):
+  """absl `app.run` with a --config flag (file[:preset]) and one-line, exit-2 errors."""
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  # jax logs at INFO that it found no TPU; absl shows INFO by default.
+  logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
+
+  try:  # overrides of unknown fields raise here, while the flag is defined
+    config_flags.DEFINE_config_file(
+        'config', default_config, 'experiment config: FILE.py or FILE.py:PRESET', lock_config=True)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    fail(_override_error(e, sys.argv))
+
+  def parse(argv):
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as e:
+      fail(_last_line(e) if 'Error whilst parsing config file' not in str(e)
+           else f'--config: {_last_line(e)}')
+
+  def wrapped(argv):
+    config = flags.FLAGS.config
+    try:
+      config.get('model')
+    except IOError as e:  # a config file that could not be loaded
+      fail(f'--config={flags.FLAGS["config"].config_filename}: {_last_line(e)}')
+    try:
+      return main(config, argv)
+    except ConfigError as e:
+      fail(str(e))
+
+  app.run(wrapped, flags_parser=parse)

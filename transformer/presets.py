@@ -1,0 +1,147 @@
+"""Experiment configs: the commented base ConfigDict, family styles and named sizes.
+
+Config files in configs/ are thin: `get_config(arg)` calls `get_config(family, arg)` here, where
+`arg` names a size from SIZES ('tiny', 'gpt2-small', 'transformer-base', ...). Variants are
+generated from the base, never copied.
+"""
+
+import dataclasses
+
+import ml_collections
+from ml_collections import config_dict
+
+from transformer.config import ConfigError
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field, with its meaning. Family styles and sizes override some of them."""
+  c = ml_collections.ConfigDict()
+
+  c.model = m = ml_collections.ConfigDict()
+  m.family = 'decoder_only'  # encoder_only (BERT), decoder_only (GPT) or encoder_decoder (paper)
+  m.head = 'lm'  # output head: lm (decoder_only, encoder_decoder); mlm or classify (encoder_only)
+  m.num_classes = 2  # classes of the classify head
+  m.pooling = 'first'  # classify head input: first token ([CLS]) or mean over real tokens
+  m.vocab_size = 256  # tokens; 256 is the byte-level tokenizer
+  m.type_vocab_size = 0  # token-type (segment A/B) embeddings, BERT: 2; 0 = none
+  m.max_len = 512  # longest sequence a learned position table holds
+  m.num_layers = 2  # blocks per stack (the encoder's, for encoder_decoder)
+  m.num_decoder_layers = config_dict.placeholder(int)  # decoder blocks; None = num_layers
+  m.d_model = 64  # residual stream width
+  m.num_heads = 4  # query heads; head size is d_model / num_heads
+  m.num_kv_heads = config_dict.placeholder(int)  # key/value heads (GQA/MQA); None = num_heads
+  m.d_ff = 256  # hidden width of the feed-forward sublayer
+  m.position = 'learned'  # sinusoidal, learned, rope, alibi or none
+  m.rope_base = 10000.0  # RoPE wavelength base
+  m.activation = 'gelu_tanh'  # feed-forward: relu, gelu (exact), gelu_tanh (GPT-2), swiglu
+  m.norm = 'layernorm'  # layernorm or rmsnorm
+  m.norm_eps = 1e-5  # epsilon of every norm
+  m.pre_norm = True  # True: x + f(norm(x)) (GPT-2); False: norm(x + f(x)) (the paper, BERT)
+  m.embed_norm = False  # a norm right after the embeddings (BERT)
+  m.dropout = 0.1  # on embeddings and on every sublayer output before the residual add
+  m.attention_dropout = 0.0  # on attention weights (einsum attention only)
+  m.use_bias = True  # biases in attention and feed-forward projections
+  m.logits_bias = False  # a bias on the output logits (the masked-LM head always has one)
+  m.tie_embeddings = True  # output projection = input embedding table (transposed)
+  m.share_embeddings = True  # encoder_decoder: one embedding table for source and target
+  m.scale_embeddings = False  # multiply embeddings by sqrt(d_model) (the paper)
+  m.init_std = 0.02  # std of normal initialisation; residual outputs get 1/sqrt(2L) of it
+  m.attention_impl = 'einsum'  # einsum, or xla / cudnn (jax.nn.dot_product_attention)
+  m.scan_layers = False  # stack blocks with nn.scan: compile time flat in depth
+  m.remat = False  # rematerialise each block in the backward pass: less memory, more compute
+  m.dtype = 'float32'  # compute dtype: float32 or bfloat16 (softmax and norms stay float32)
+  m.param_dtype = 'float32'  # parameter (and optimizer state) dtype
+
+  c.data = d = ml_collections.ConfigDict()
+  d.dataset = 'shakespeare'  # the embedded offline corpus, or a TFDS dataset name
+  d.seq_len = 256  # tokens per training sequence (source and target for encoder_decoder)
+  d.batch_size = 32  # sequences per step, summed over all devices and hosts
+
+  c.train = t = ml_collections.ConfigDict()
+  t.num_steps = 2000  # optimizer steps
+  t.seed = 0  # seeds initialisation, dropout and data order
+  t.log_every = 50  # steps between metric records
+  t.eval_every = 500  # steps between evaluations on the held-out split
+  t.checkpoint_every = 500  # steps between checkpoints
+
+  c.opt = o = ml_collections.ConfigDict()
+  o.name = 'adamw'  # adamw, adafactor or sgd
+  o.lr = 1e-3  # peak learning rate
+  o.schedule = 'cosine'  # cosine (after warmup), linear, rsqrt (the paper's) or constant
+  o.warmup_steps = 100  # linear warmup from 0 to lr
+  o.weight_decay = 0.1  # decoupled weight decay (not on norms, biases and embeddings)
+  o.clip_norm = 1.0  # global gradient-norm clipping; 0 = off
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # data-parallel devices; -1 = all the others
+  c.mesh.fsdp = 1  # devices sharding parameters and optimizer state (ZeRO-3 style)
+  c.mesh.tensor = 1  # devices sharding heads and feed-forward width (Megatron style)
+  c.parallel = 'jit'  # jit (sharded over the mesh) or pmap (data parallel)
+  return c
+
+
+# Architecture of each family's reference model; sizes below only set widths and depths.
+FAMILY_STYLES = {
+    'encoder_only': dict(  # BERT (Devlin et al. 2019)
+        head='mlm', position='learned', activation='gelu', norm_eps=1e-12, pre_norm=False,
+        embed_norm=True, type_vocab_size=2, attention_dropout=0.1),
+    'decoder_only': dict(  # GPT-2 (Radford et al. 2019)
+        head='lm', position='learned', activation='gelu_tanh', norm_eps=1e-5, pre_norm=True),
+    'encoder_decoder': dict(  # the translation Transformer (Vaswani et al. 2017)
+        head='lm', position='sinusoidal', activation='relu', norm_eps=1e-6, pre_norm=False,
+        scale_embeddings=True, share_embeddings=True, tie_embeddings=True),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+  family: str | None  # None: any family
+  num_layers: int
+  d_model: int
+  num_heads: int
+  d_ff: int
+  vocab_size: int = 256
+  max_len: int = 512
+  seq_len: int = 256
+  dropout: float | None = None  # None: the family style's
+
+
+SIZES = {
+    # Any family, byte vocabulary: for tests, laptops and Colab CPU runtimes.
+    'tiny': Size(None, 2, 64, 4, 256, max_len=256, seq_len=64),
+    'mini': Size(None, 4, 256, 4, 1024, seq_len=256),
+    'small': Size(None, 6, 384, 6, 1536, seq_len=256),
+    # Vaswani et al. 2017, Table 3 (shared 37000-token BPE vocabulary).
+    'transformer-base': Size('encoder_decoder', 6, 512, 8, 2048, 37000, 1024, 256, 0.1),
+    'transformer-big': Size('encoder_decoder', 6, 1024, 16, 4096, 37000, 1024, 256, 0.3),
+    # Devlin et al. 2019 (WordPiece vocabulary of 30522, 512 positions).
+    'bert-base': Size('encoder_only', 12, 768, 12, 3072, 30522, 512, 512),
+    'bert-large': Size('encoder_only', 24, 1024, 16, 4096, 30522, 512, 512),
+    # Radford et al. 2019 (BPE vocabulary of 50257, 1024 positions).
+    'gpt2-small': Size('decoder_only', 12, 768, 12, 3072, 50257, 1024, 1024),
+    'gpt2-medium': Size('decoder_only', 24, 1024, 16, 4096, 50257, 1024, 1024),
+    'gpt2-large': Size('decoder_only', 36, 1280, 20, 5120, 50257, 1024, 1024),
+    'gpt2-xl': Size('decoder_only', 48, 1600, 25, 6400, 50257, 1024, 1024),
+}
+
+
+def sizes_for(family: str) -> list[str]:
+  return [name for name, s in SIZES.items() if s.family in (None, family)]
+
+
+def get_config(family: str, size: str | None = 'tiny') -> ml_collections.ConfigDict:
+  """The base config in `family`'s style at the named size."""
+  size = size or 'tiny'
+  if size not in SIZES or SIZES[size].family not in (None, family):
+    raise ConfigError(f'size {size!r} is not a {family} preset; choose one of '
+                      f'{", ".join(sizes_for(family))}')
+  s = SIZES[size]
+  config = base_config()
+  config.model.family = family
+  config.model.update(FAMILY_STYLES[family])
+  config.model.update(num_layers=s.num_layers, d_model=s.d_model, num_heads=s.num_heads,
+                      d_ff=s.d_ff, vocab_size=s.vocab_size, max_len=s.max_len)
+  if s.dropout is not None:
+    config.model.dropout = s.dropout
+  config.data.seq_len = s.seq_len
+  return config
