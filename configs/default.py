@@ -10,7 +10,9 @@ from transformer import presets
 
 
 def get_config(arg: str | None = None):
-  del arg  # the default experiment has no presets
+  if arg:
+    raise ValueError(f'configs/default.py takes no preset (got {arg!r}); the presets are in '
+                     'configs/decoder_only.py, encoder_only.py and encoder_decoder.py')
   config = presets.get_config('decoder_only', 'mini')
   config.data.batch_size = 8  # sequences per step
   return config

@@ -87,6 +87,24 @@ def test_einsum_and_jax_implementations_agree(rng, case):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_a_row_emptied_by_the_causal_mask_is_zero_on_every_path(rng):
+  """Query 0 may only see keys the causal mask hides: it sees nothing, on both paths."""
+  q, k, v = random_qkv(rng, T=4, S=4)
+  mask = np.ones((2, 1, 4, 4), bool)
+  mask[:, :, 0, 0] = False
+  for impl in ('einsum', 'xla'):
+    out = attention.dot_product_attention(q, k, v, mask=mask, is_causal=True, impl=impl)
+    np.testing.assert_array_equal(out[:, 0], 0.0)
+    assert np.abs(out[:, 1]).max() > 0.1
+
+
+def test_attention_dropout_is_never_silently_dropped(rng):
+  q, k, v = random_qkv(rng)
+  with pytest.raises(ValueError, match='attention dropout needs impl="einsum"'):
+    attention.dot_product_attention(q, k, v, impl='xla', dropout_rate=0.1,
+                                    dropout_rng=jax.random.key(0))
+
+
 def test_causal_flag_equals_an_explicit_causal_mask(rng):
   q, k, v = random_qkv(rng, T=6, S=6)
   explicit = np.tril(np.ones((6, 6), bool))[None, None]

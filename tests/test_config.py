@@ -25,6 +25,7 @@ INVALID = [
     (dict(position='rope', d_model=12, num_heads=4), r'model\.d_model=12 .*even head size'),
     (dict(num_heads='4'), r"model\.num_heads='4' .*integer"),
     (dict(pre_norm=1), r'model\.pre_norm=1 .*True or False'),
+    (dict(init_std=float('inf')), r'model\.init_std=inf .*finite'),
 ]
 
 
@@ -63,6 +64,17 @@ def test_learned_table_must_cover_the_sequence():
     check_config(config)
   config.model.position = 'rope'  # no table: any length
   check_config(config)
+
+
+@pytest.mark.parametrize('section,name,value', [
+    ('train', 'num_steps', -5), ('train', 'log_every', 0), ('data', 'batch_size', 0),
+    ('data', 'seq_len', 0)])
+def test_run_fields_must_be_positive_integers(section, name, value):
+  config = presets.get_config('decoder_only', 'tiny')
+  config[section].unlock()
+  config[section][name] = value
+  with pytest.raises(ConfigError, match=rf'{section}\.{name}={value!r} .*positive integer'):
+    check_config(config)
 
 
 def test_every_base_field_is_a_model_field():

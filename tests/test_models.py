@@ -147,6 +147,18 @@ def test_packed_documents_do_not_see_each_other(family, position, rng):
   np.testing.assert_allclose(out[:, 5:], run(cfg, params, doc_b), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('pad_id', [-1, 32, 10**6])
+def test_padding_ids_outside_the_vocabulary_are_harmless(rng, pad_id):
+  cfg = make_cfg(position='learned')
+  params = perturbed_params(cfg)
+  tokens = random_tokens(rng, (2, 5))
+  padded = jnp.concatenate([tokens, jnp.full((2, 3), pad_id)], axis=1)
+  segment_ids = jnp.array([[1] * 5 + [0] * 3] * 2)
+  out = run(cfg, params, padded, segment_ids)
+  assert np.isfinite(out).all()
+  np.testing.assert_allclose(out[:, :5], run(cfg, params, tokens), rtol=1e-5, atol=1e-6)
+
+
 def test_classification_mean_pooling_ignores_padding(rng):
   cfg = make_cfg('encoder_only', head='classify', pooling='mean', num_classes=3)
   params = perturbed_params(cfg)
@@ -201,7 +213,8 @@ def test_remat_equals_plain_with_dropout(family, scan, rng):
   tokens = random_tokens(rng, (2, 6))
   value, logits, grads = loss_and_grads(cfg, params, tokens, train=True)
   r_value, r_logits, r_grads = loss_and_grads(cfg_remat, params, tokens, train=True)
-  assert np.abs(logits - run(cfg, params, tokens)).max() > 1e-3  # dropout was active
+  eval_logits = run(cfg, params, tokens, tgt_tokens=tokens)
+  assert np.abs(logits - eval_logits).max() > 1e-3  # dropout was active
   np.testing.assert_allclose(r_logits, logits, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(r_value, value, rtol=1e-5, atol=1e-7)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
@@ -231,6 +244,9 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(rng):
   assert logits_bf16.dtype == jnp.float32
   error = np.abs(logits_bf16 - logits).max() / np.abs(logits).max()
   assert 1e-5 < error < 5e-2  # bfloat16 really was used, and stayed close
+  # The output projection accumulates in float32: logits are not bfloat16 values in disguise.
+  as_bf16 = np.asarray(logits_bf16.astype(jnp.bfloat16).astype(jnp.float32))
+  assert np.mean(as_bf16 != np.asarray(logits_bf16)) > 0.5
 
 
 def test_weight_tying_and_sharing():

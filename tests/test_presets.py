@@ -119,7 +119,31 @@ def test_describe_table_folds_layers_and_default_config_works():
     (['--config.model.num_layers=two'], 'num_layers'),
 ])
 def test_describe_rejects_bad_input_with_one_line(args, message):
-  result = describe(*args)
+  check_one_line_error(describe(*args), message)
+
+
+BAD_FILES = {
+    'syntax.py': ('x = (\n', 'SyntaxError'),
+    'no_get_config.py': ('x = 1\n', 'get_config'),
+    'raises.py': ('def get_config():\n  raise RuntimeError("boom")\n', 'boom'),
+    'returns_int.py': ('def get_config():\n  return 3\n', 'not a ConfigDict'),
+    'no_sections.py': ('import ml_collections\ndef get_config():\n'
+                       '  return ml_collections.ConfigDict({"x": 1})\n', 'no model section'),
+}
+
+
+@pytest.mark.parametrize('name', sorted(BAD_FILES))
+def test_describe_rejects_bad_config_files_with_one_line(tmp_path, name):
+  text, message = BAD_FILES[name]
+  (tmp_path / name).write_text(text)
+  check_one_line_error(describe(f'--config={tmp_path / name}'), message)
+
+
+def test_default_config_refuses_a_preset():
+  check_one_line_error(describe('--config=configs/default.py:gpt2-xl'), 'takes no preset')
+
+
+def check_one_line_error(result, message):
   assert result.returncode == 2
   assert message in result.stderr
   assert 'Traceback' not in result.stderr

@@ -105,14 +105,17 @@ def dot_product_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH:
     return out_BxTxKxGxH.reshape(B, T, N, H)
   if impl not in ('xla', 'cudnn'):
     raise ValueError(f"attention impl must be 'einsum', 'xla' or 'cudnn', got {impl!r}")
+  if dropout_rate > 0.0 and dropout_rng is not None:
+    raise ValueError(f'attention dropout needs impl="einsum"; {impl!r} has none')
   if is_causal and T != S:  # jax aligns a rectangular causal mask differently: make it explicit
     mask, is_causal = combine_masks(mask, causal_mask(T, S)), False
   out_BxTxNxH = jax.nn.dot_product_attention(
       q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, bias=bias, mask=mask, is_causal=is_causal,
       implementation=impl)
   if mask is not None:  # jax averages V over a fully masked row; we return zeros there
-    sees_any_Bx1xTxN = jnp.swapaxes(jnp.any(mask, axis=-1), 1, 2)[..., None]
-    out_BxTxNxH = out_BxTxNxH * sees_any_Bx1xTxN.astype(out_BxTxNxH.dtype)
+    visible = combine_masks(mask, causal_mask(T, S) if is_causal else None)
+    sees_any_BxTxNx1 = jnp.swapaxes(jnp.any(visible, axis=-1), 1, 2)[..., None]
+    out_BxTxNxH = out_BxTxNxH * sees_any_BxTxNx1.astype(out_BxTxNxH.dtype)
   return out_BxTxNxH
 
 

@@ -61,13 +61,19 @@ def run(main: Callable, default_config: str = DEFAULT_CONFIG):
     except flags.Error as e:
       fail(_last_line(e) if 'Error whilst parsing config file' not in str(e)
            else f'--config: {_last_line(e)}')
+    except Exception as e:  # a config file that does not parse or whose get_config fails
+      given = [a for a in argv if a.startswith('--config=')]
+      fail(f'{given[-1] if given else "--config"}: {type(e).__name__}: {_last_line(e)}')
 
   def wrapped(argv):
     config = flags.FLAGS.config
+    source = f'--config={flags.FLAGS["config"].config_filename}'
     try:
       config.get('model')
     except IOError as e:  # a config file that could not be loaded
-      fail(f'--config={flags.FLAGS["config"].config_filename}: {_last_line(e)}')
+      fail(f'{source}: {_last_line(e)}')
+    except AttributeError:
+      fail(f'{source}: get_config() returned {type(config).__name__}, not a ConfigDict')
     try:
       return main(config, argv)
     except ConfigError as e:

@@ -6,6 +6,7 @@ with one line naming the field, the value and what is allowed.
 """
 
 import dataclasses
+import math
 from typing import Any
 
 FAMILIES = ('encoder_only', 'decoder_only', 'encoder_decoder')
@@ -78,9 +79,11 @@ class ModelConfig:
 
   @classmethod
   def from_config(cls, config: Any) -> 'ModelConfig':
-    """Builds from a ConfigDict holding a `model` section (or from that section itself)."""
-    section = config.model if 'model' in config else config
-    values = dict(section.items())
+    """Builds from a ConfigDict holding a `model` section."""
+    if 'model' not in config:
+      raise ConfigError('the config has no model section; get_config() must return a '
+                        'ConfigDict with model, data and train sections')
+    values = dict(config.model.items())
     known = {f.name for f in dataclasses.fields(cls)}
     for name in values:
       if name not in known:
@@ -128,8 +131,8 @@ def _check_values(cfg: ModelConfig):
   if cfg.type_vocab_size < 0:
     _fail('type_vocab_size', cfg.type_vocab_size, 'must be >= 0 (0: no token-type embeddings)')
   for name in ('norm_eps', 'init_std', 'rope_base'):
-    if not getattr(cfg, name) > 0:
-      _fail(name, getattr(cfg, name), 'must be > 0')
+    if not 0 < getattr(cfg, name) < math.inf:
+      _fail(name, getattr(cfg, name), 'must be a finite number > 0')
   for name in ('dropout', 'attention_dropout'):
     if not 0.0 <= getattr(cfg, name) < 1.0:
       _fail(name, getattr(cfg, name), 'must be in [0, 1)')
@@ -149,6 +152,11 @@ def _check_values(cfg: ModelConfig):
           "(jax.nn.dot_product_attention has no dropout); use 'einsum'")
 
 
+def _positive_int(section: str, name: str, value: Any):
+  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    raise ConfigError(f'{section}.{name}={value!r} is invalid: must be a positive integer')
+
+
 def check_config(config: Any) -> ModelConfig:
   """Validates a whole experiment ConfigDict; returns its ModelConfig.
 
@@ -156,15 +164,15 @@ def check_config(config: Any) -> ModelConfig:
   as long as the sequences it will see.
   """
   cfg = ModelConfig.from_config(config)
-  if 'data' in config:
-    seq_len = config.data.seq_len
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0:
-      raise ConfigError(f'data.seq_len={seq_len!r} is invalid: must be a positive integer')
-    if cfg.position == 'learned' and seq_len > cfg.max_len:
-      raise ConfigError(
-          f'data.seq_len={seq_len} is invalid: longer than the learned position table '
-          f'(model.max_len={cfg.max_len}); raise model.max_len or choose another model.position')
-    batch_size = config.data.batch_size
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-      raise ConfigError(f'data.batch_size={batch_size!r} is invalid: must be a positive integer')
+  for section in ('data', 'train'):
+    if section not in config:
+      raise ConfigError(f'the config has no {section} section')
+  for name in ('seq_len', 'batch_size'):
+    _positive_int('data', name, config.data[name])
+  for name in ('num_steps', 'log_every', 'eval_every', 'checkpoint_every'):
+    _positive_int('train', name, config.train[name])
+  if cfg.position == 'learned' and config.data.seq_len > cfg.max_len:
+    raise ConfigError(
+        f'data.seq_len={config.data.seq_len} is invalid: longer than the learned position table '
+        f'(model.max_len={cfg.max_len}); raise model.max_len or choose another model.position')
   return cfg

@@ -5,8 +5,9 @@
   EncoderDecoder  the translation Transformer (Vaswani et al. 2017).
 
 Inputs are integer tokens (B, T). `segment_ids` (B, T) mark padding (0) and packed documents
-(1, 2, ...): attention never crosses segments and never sees padding. `positions` (B, T)
-default to the index within each segment. Logits are float32 whatever the compute dtype.
+(1, 2, ...): attention never crosses segments and never sees padding; ids outside the
+vocabulary (e.g. a padding id of -1) are clipped, never NaN. `positions` (B, T) default to the
+index within each segment. Logits are computed in float32 whatever the compute dtype.
 Pass `train=True` for dropout (then an rng named 'dropout' is needed).
 """
 
@@ -66,7 +67,7 @@ class Embedder(nn.Module):
   def encode(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
              token_types_BxT: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
     cfg = self.cfg
-    x_BxTxD = jnp.take(self.embedding, tokens_BxT, axis=0)
+    x_BxTxD = jnp.take(self.embedding, tokens_BxT, axis=0, mode='clip')
     if cfg.scale_embeddings:
       x_BxTxD = x_BxTxD * math.sqrt(cfg.d_model)
     if cfg.position == 'sinusoidal':
@@ -76,7 +77,7 @@ class Embedder(nn.Module):
     if cfg.type_vocab_size:
       if token_types_BxT is None:
         token_types_BxT = jnp.zeros_like(tokens_BxT)
-      x_BxTxD = x_BxTxD + jnp.take(self.type_embedding, token_types_BxT, axis=0)
+      x_BxTxD = x_BxTxD + jnp.take(self.type_embedding, token_types_BxT, axis=0, mode='clip')
     if cfg.embed_norm:
       x_BxTxD = self.norm(x_BxTxD)
     x_BxTxD = self.dropout(x_BxTxD, deterministic=deterministic).astype(cfg.dtype)
@@ -98,13 +99,15 @@ class Unembed(nn.Module):
           'kernel',
           nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), ('embed', 'vocab')),
           (cfg.d_model, cfg.vocab_size), jnp.dtype(cfg.param_dtype))
-      logits_BxTxV = jnp.einsum('BTD,DV->BTV', x_BxTxD.astype(dtype), kernel_DxV.astype(dtype))
+      logits_BxTxV = jnp.einsum('BTD,DV->BTV', x_BxTxD.astype(dtype), kernel_DxV.astype(dtype),
+                                preferred_element_type=jnp.float32)
     else:
-      logits_BxTxV = jnp.einsum('BTD,VD->BTV', x_BxTxD.astype(dtype), tied_table_VxD.astype(dtype))
+      logits_BxTxV = jnp.einsum('BTD,VD->BTV', x_BxTxD.astype(dtype), tied_table_VxD.astype(dtype),
+                                preferred_element_type=jnp.float32)
     if self.use_bias:
       bias_V = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)),
                           (cfg.vocab_size,), jnp.dtype(cfg.param_dtype))
-      logits_BxTxV = logits_BxTxV + bias_V.astype(dtype)
+      logits_BxTxV = logits_BxTxV + bias_V.astype(jnp.float32)
     logits_BxTxV = nn.with_logical_constraint(logits_BxTxV, ('batch', 'length', 'vocab'))
     return logits_BxTxV.astype(jnp.float32)
 

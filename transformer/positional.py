@@ -55,7 +55,7 @@ class LearnedPositions(nn.Module):
         'embedding',
         nn.with_logical_partitioning(nn.initializers.normal(self.init_std), ('positions', 'embed')),
         (self.max_len, self.d_model), self.param_dtype)
-    return jnp.take(table, positions_BxT, axis=0)
+    return jnp.take(table, positions_BxT, axis=0, mode='clip')
 
 
 def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, base: float = 10000.0) -> jax.Array:
