@@ -46,8 +46,10 @@ def run(main: Callable, default_config: str = DEFAULT_CONFIG):
   from absl import app, flags
   from ml_collections import config_flags
 
-  # jax logs at INFO that it found no TPU; absl shows INFO by default.
+  # Libraries log at INFO (jax: "no TPU"; TFDS: every dataset it opens), which absl shows by
+  # default; start at WARNING (--verbosity=0 brings INFO back).
   logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
+  flags.FLAGS.set_default('verbosity', -1)
 
   try:  # overrides of unknown fields raise here, while the flag is defined
     config_flags.DEFINE_config_file(

@@ -53,9 +53,29 @@ def base_config() -> ml_collections.ConfigDict:
   m.param_dtype = 'float32'  # parameter (and optimizer state) dtype
 
   c.data = d = ml_collections.ConfigDict()
-  d.dataset = 'shakespeare'  # the embedded offline corpus, or a TFDS dataset name
-  d.seq_len = 256  # tokens per training sequence (source and target for encoder_decoder)
-  d.batch_size = 32  # sequences per step, summed over all devices and hosts
+  d.dataset = 'shakespeare'  # see transformer/data/datasets.py: shakespeare (embedded, offline),
+  #   tiny_shakespeare, lm1b, wmt14_translate/de-en, wmt17_translate/de-en, imdb_reviews,
+  #   glue/sst2, or a synthetic task: copy, reverse, sort, addition, recall
+  d.seq_len = 256  # tokens per row (source and target each, for encoder_decoder)
+  d.batch_size = 32  # rows per step, summed over all devices and hosts
+  d.data_dir = ''  # TFDS data directory and tokenizer cache; '' = $TFDS_DATA_DIR or
+  #   ~/tensorflow_datasets
+  d.train_split = ''  # TFDS split to train on, e.g. 'train[:90%]'; '' = the dataset's own
+  d.eval_split = ''  # TFDS split to evaluate on; '' = the dataset's own held-out split
+  d.tokenizer = 'byte'  # byte (256 ids, nothing to train) or sentencepiece
+  d.vocab_size = 8000  # sentencepiece: pieces to train (or to expect of data.spm_model; 0 = any)
+  d.spm_model = ''  # sentencepiece: a model file; '' = train on the training split and cache it
+  d.spm_type = 'unigram'  # sentencepiece: unigram or bpe
+  d.spm_examples = 200_000  # sentencepiece: training examples to learn the vocabulary from
+  d.pack = True  # pack several documents into each row (segment ids keep them apart)
+  d.mask_rate = 0.15  # masked LM: fraction of tokens to predict (80% masked, 10% random, 10% kept)
+  d.source_lang = 'en'  # translation: source language
+  d.target_lang = 'de'  # translation: target language
+  d.synthetic_len = 32  # synthetic tasks: longest sequence (addition: digits per operand)
+  d.recall_distance = 64  # synthetic recall: characters between the stored pair and the query
+  d.num_workers = 0  # grain worker processes (0: read in the training process)
+  d.read_threads = 0  # threads reading records; 8-16 pay off on remote file systems (GCS)
+  d.prefetch = 4  # batches prepared ahead by a background thread (0: none)
 
   c.train = t = ml_collections.ConfigDict()
   t.num_steps = 2000  # optimizer steps
@@ -81,6 +101,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 # Architecture of each family's reference model; sizes below only set widths and depths.
+# The default datasets work offline (the embedded corpus; a synthetic task).
 FAMILY_STYLES = {
     'encoder_only': dict(  # BERT (Devlin et al. 2019)
         head='mlm', position='learned', activation='gelu', norm_eps=1e-12, pre_norm=False,
@@ -91,6 +112,10 @@ FAMILY_STYLES = {
         head='lm', position='sinusoidal', activation='relu', norm_eps=1e-6, pre_norm=False,
         scale_embeddings=True, share_embeddings=True, tie_embeddings=True),
 }
+
+
+FAMILY_DATASETS = {'encoder_only': 'shakespeare', 'decoder_only': 'shakespeare',
+                   'encoder_decoder': 'reverse'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +129,11 @@ class Size:
   max_len: int = 512
   seq_len: int = 256
   dropout: float | None = None  # None: the family style's
+  data: dict | None = None  # data overrides (the paper's datasets and tokenizers)
 
+
+WMT = dict(dataset='wmt14_translate/de-en', tokenizer='sentencepiece', spm_type='bpe',
+           vocab_size=37000)
 
 SIZES = {
     # Any family, byte vocabulary: for tests, laptops and Colab CPU runtimes.
@@ -112,8 +141,8 @@ SIZES = {
     'mini': Size(None, 4, 256, 4, 1024, seq_len=256),
     'small': Size(None, 6, 384, 6, 1536, seq_len=256),
     # Vaswani et al. 2017, Table 3 (shared 37000-token BPE vocabulary).
-    'transformer-base': Size('encoder_decoder', 6, 512, 8, 2048, 37000, 1024, 256, 0.1),
-    'transformer-big': Size('encoder_decoder', 6, 1024, 16, 4096, 37000, 1024, 256, 0.3),
+    'transformer-base': Size('encoder_decoder', 6, 512, 8, 2048, 37000, 1024, 256, 0.1, WMT),
+    'transformer-big': Size('encoder_decoder', 6, 1024, 16, 4096, 37000, 1024, 256, 0.3, WMT),
     # Devlin et al. 2019 (WordPiece vocabulary of 30522, 512 positions).
     'bert-base': Size('encoder_only', 12, 768, 12, 3072, 30522, 512, 512),
     'bert-large': Size('encoder_only', 24, 1024, 16, 4096, 30522, 512, 512),
@@ -139,9 +168,12 @@ def get_config(family: str, size: str | None = 'tiny') -> ml_collections.ConfigD
   config = base_config()
   config.model.family = family
   config.model.update(FAMILY_STYLES[family])
+  config.data.dataset = FAMILY_DATASETS[family]
   config.model.update(num_layers=s.num_layers, d_model=s.d_model, num_heads=s.num_heads,
                       d_ff=s.d_ff, vocab_size=s.vocab_size, max_len=s.max_len)
   if s.dropout is not None:
     config.model.dropout = s.dropout
+  if s.data:
+    config.data.update(s.data)
   config.data.seq_len = s.seq_len
   return config

@@ -1,0 +1,384 @@
+"""The data layer, offline: TFDS paths under mock_data, the embedded corpus, tokenizers,
+synthetic tasks, packing, masking, order, resume and per-host shards."""
+
+import collections
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+import tarfile
+
+import jax
+import numpy as np
+import optax
+import pytest
+import tensorflow_datasets as tfds
+
+from transformer import models, presets
+from transformer.config import ConfigError, ModelConfig
+from transformer.data import datasets, pipeline, synthetic, tokenizers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BYTES = tokenizers.ByteTokenizer()
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  """A data directory holding the embedded corpus (built once per test process)."""
+  path = str(tmp_path_factory.mktemp('data'))
+  datasets.build_embedded('shakespeare_corpus', path)
+  return path
+
+
+def make_config(family='decoder_only', dataset='shakespeare', data_dir='', head=None, **data):
+  config = presets.get_config(family, 'tiny')
+  config.data.update(dataset=dataset, data_dir=data_dir, batch_size=4, seq_len=64, prefetch=2)
+  config.data.update(data)
+  if head:
+    config.model.head = head
+  return config
+
+
+def take(config, n, which='train', tokenizer=BYTES, **shard):
+  iterator = iter(pipeline.make_dataset(config, which, tokenizer, **shard))
+  batches = [next(iterator) for _ in range(n)]
+  iterator.close()
+  return batches
+
+
+def assert_batches_equal(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+# --- TFDS datasets under mock_data -----------------------------------------------------------
+
+
+MOCKED = [  # (dataset, family, head, expected task)
+    ('tiny_shakespeare', 'decoder_only', None, 'lm'),
+    ('lm1b', 'encoder_only', 'mlm', 'mlm'),
+    ('wmt14_translate/de-en', 'encoder_decoder', None, 'seq2seq'),
+    ('wmt17_translate/de-en', 'decoder_only', None, 'lm'),
+    ('imdb_reviews', 'encoder_only', 'classify', 'classify'),
+    ('glue/sst2', 'encoder_only', 'classify', 'classify'),
+]
+
+
+@pytest.mark.parametrize('dataset,family,head,task', MOCKED)
+def test_tfds_datasets_through_grain_under_mock_data(tmp_path, dataset, family, head, task):
+  config = make_config(family, dataset, str(tmp_path), head, pack=False)
+  assert pipeline.check_data_config(config)[2] == task
+  with tfds.testing.mock_data(num_examples=16):
+    for which in ('train', 'eval'):
+      (batch,) = take(config, 1, which)
+      B, T = 4, 64
+      assert batch['inputs'].shape == (B, T) and batch['inputs'].dtype == np.int32
+      assert batch['weights'].sum() > 0
+      text = BYTES.decode(batch['inputs'][0])
+      assert re.search(r'[a-j]{3}', text), text  # mock_data's random letters came through
+      if task == 'classify':
+        assert set(batch['label'].tolist()) <= {0, 1} and batch['weights'].shape == (B,)
+      if task == 'seq2seq':
+        assert batch['decoder_inputs'].shape == (B, T)
+
+
+# --- the embedded corpus -----------------------------------------------------------------------
+
+
+def test_embedded_corpus_splits_every_work_deterministically(data_dir):
+  """Counted independently from the shipped texts: every passage is in exactly one split, and
+  validation is the last 10% of each work."""
+  expected = {'train': collections.Counter(), 'validation': collections.Counter()}
+  with tarfile.open(os.path.join(ROOT, 'transformer/data/shakespeare/texts.tar.xz')) as tar:
+    names = tar.getnames()
+    for member in tar.getmembers():
+      work = member.name[:-len('_gut.txt')]
+      paragraphs = [p.strip('\n') for p in tar.extractfile(member).read().decode().split('\n\n')
+                    if p.strip()]
+      n_val = max(1, round(0.1 * len(paragraphs)))
+      expected['train'].update((work, p) for p in paragraphs[:-n_val])
+      expected['validation'].update((work, p) for p in paragraphs[-n_val:])
+  assert len(names) == 42
+  for split, counts in expected.items():
+    source = tfds.data_source('shakespeare_corpus', split=split, data_dir=data_dir)
+    got = collections.Counter((datasets.as_text(r['work']), datasets.as_text(r['text']))
+                              for r in source)
+    assert got == counts
+  assert sum(expected['train'].values()) > 30_000 and sum(expected['validation'].values()) > 3000
+
+
+def test_default_experiment_reads_the_embedded_corpus(data_dir):
+  config = presets.get_config('decoder_only', 'tiny')
+  config.data.data_dir = data_dir
+  (batch,) = take(config, 1)
+  assert batch['inputs'].shape == (config.data.batch_size, config.data.seq_len)
+  assert re.search(r'[A-Z]{3,}\.', BYTES.decode(batch['inputs'].ravel()))  # 'HAMLET.' etc.
+
+
+# --- tokenizers ----------------------------------------------------------------------------------
+
+
+def test_byte_tokenizer_round_trips_and_reserves_control_bytes():
+  text = 'To be, or not to be — ça va?\n'
+  ids = BYTES.encode(text)
+  assert ids.dtype == np.int32 and ids.max() < 256 and len(ids) == len(text.encode())
+  assert BYTES.decode(ids) == text
+  assert BYTES.decode(BYTES.encode('a\x02b\x1ac')) == 'abc'  # special bytes never enter text
+  assert BYTES.decode([BYTES.bos_id, *ids, BYTES.eos_id, BYTES.pad_id]) == text
+
+
+@pytest.fixture(scope='session')
+def spm_config(data_dir):
+  config = make_config(data_dir=data_dir, tokenizer='sentencepiece', vocab_size=300,
+                       spm_examples=3000)
+  return config
+
+
+def test_sentencepiece_is_trained_once_cached_and_read_back(spm_config):
+  tokenizer = pipeline.get_tokenizer(spm_config)
+  path = tokenizer.model_path
+  assert path.startswith(spm_config.data.data_dir) and tokenizer.vocab_size == 300
+  mtime = os.path.getmtime(path)
+  assert pipeline.get_tokenizer(spm_config).model_path == path
+  assert os.path.getmtime(path) == mtime  # reused, not retrained
+  config = spm_config.copy_and_resolve_references()
+  pipeline.apply_vocab(config, tokenizer)
+  assert config.model.vocab_size == 300
+  text = 'Now is the winter of our discontent'
+  assert tokenizer.decode(tokenizer.encode(text)) == text
+  assert len(tokenizer.encode(text)) < len(text) / 2  # pieces, not characters
+  assert {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id} == {0, 2, 3}
+  assert pickle.loads(pickle.dumps(tokenizer)).encode(text).tolist() == (
+      tokenizer.encode(text).tolist())
+
+
+def test_a_given_sentencepiece_model_must_match_the_config(spm_config):
+  path = pipeline.get_tokenizer(spm_config).model_path
+  assert tokenizers.load_sentencepiece(path, 300).vocab_size == 300
+  assert tokenizers.load_sentencepiece(path, 0).vocab_size == 300
+  with pytest.raises(ConfigError, match=r'data\.vocab_size=512 .*has 300 pieces'):
+    tokenizers.load_sentencepiece(path, 512)
+  with pytest.raises(ConfigError, match=r"data\.spm_model='/no/such\.model' .*no such file"):
+    tokenizers.load_sentencepiece('/no/such.model', 300)
+
+
+# --- synthetic tasks -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('task', synthetic.TASKS)
+def test_synthetic_tasks_are_correct_and_deterministic(task):
+  source = synthetic.SyntheticTask(task, 'train', length=12, distance=20)
+  for i in range(300):
+    ex = source[i]
+    x, y = ex['inputs'], ex['targets']
+    if task == 'copy':
+      assert y == x and 1 <= len(x) <= 12
+    elif task == 'reverse':
+      assert y == x[::-1]
+    elif task == 'sort':
+      assert y == ''.join(sorted(x))
+    elif task == 'addition':
+      a, b = x.split('+')
+      assert int(y) == int(a) + int(b) and max(len(a), len(b)) <= 12
+    else:  # the queried key's value sits 20 characters of distractors before the query
+      key, value = x[-1], x[1]
+      assert x[0] == key and x[-2] == '?' and y == value and len(x) == 2 + 20 + 2
+      assert key not in x[2:-2]
+  assert source[5] == synthetic.SyntheticTask(task, 'train', 12, 20)[5]
+  assert [source[i] for i in range(20)] != [synthetic.SyntheticTask(task, 'eval', 12, 20)[i]
+                                            for i in range(20)]
+
+
+# --- packing, masking -----------------------------------------------------------------------------
+
+
+def token_losses(cfg, params, tokens, targets, **kw):
+  logits = models.build_model(cfg).apply({'params': params}, tokens, **kw)
+  return np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, targets))
+
+
+def segments(row_ids):
+  return [s for s in np.unique(row_ids) if s != 0]
+
+
+def test_packed_lm_batch_gives_each_documents_own_loss(data_dir):
+  config = make_config(data_dir=data_dir, seq_len=96)
+  (batch,) = take(config, 1)
+  cfg = ModelConfig.from_config(config)
+  params = models.init_params(cfg, jax.random.key(0))
+  packed = token_losses(cfg, params, batch['inputs'], batch['targets'],
+                        segment_ids=batch['segment_ids'], positions=batch['positions'])
+  n_docs = 0
+  for b in range(len(batch['inputs'])):
+    for s in segments(batch['segment_ids'][b]):
+      at = batch['segment_ids'][b] == s
+      np.testing.assert_array_equal(batch['positions'][b][at], np.arange(at.sum()))
+      alone = token_losses(cfg, params, batch['inputs'][b][at][None], batch['targets'][b][at][None])
+      np.testing.assert_allclose(packed[b][at], alone[0], rtol=1e-5, atol=1e-5)
+      n_docs += 1
+  assert n_docs > len(batch['inputs'])  # rows really held several documents
+  # Within a document, targets are the inputs shifted by one.
+  same = batch['segment_ids'][:, 1:] == batch['segment_ids'][:, :-1]
+  np.testing.assert_array_equal(batch['inputs'][:, 1:][same], batch['targets'][:, :-1][same])
+
+
+def test_packed_seq2seq_batch_gives_each_pairs_own_loss():
+  config = make_config('encoder_decoder', 'reverse', seq_len=48, synthetic_len=10)
+  (batch,) = take(config, 1)
+  cfg = ModelConfig.from_config(config)
+  params = models.init_params(cfg, jax.random.key(0))
+  model = models.build_model(cfg)
+  logits = model.apply({'params': params}, batch['inputs'], batch['decoder_inputs'],
+                       src_segment_ids=batch['inputs_segment_ids'],
+                       tgt_segment_ids=batch['targets_segment_ids'],
+                       src_positions=batch['inputs_positions'],
+                       tgt_positions=batch['targets_positions'])
+  packed = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, batch['targets']))
+  b = 0
+  pairs = segments(batch['targets_segment_ids'][b])
+  assert len(pairs) >= 3
+  for s in pairs:
+    src = batch['inputs'][b][batch['inputs_segment_ids'][b] == s]
+    at = batch['targets_segment_ids'][b] == s
+    dec, tgt = batch['decoder_inputs'][b][at], batch['targets'][b][at]
+    assert dec[0] == BYTES.bos_id and src[-1] == tgt[-1] == BYTES.eos_id
+    np.testing.assert_array_equal(dec[1:], tgt[:-1])
+    assert BYTES.decode(tgt) == BYTES.decode(src)[::-1]  # the reverse task
+    alone = model.apply({'params': params}, src[None], dec[None])
+    alone = optax.softmax_cross_entropy_with_integer_labels(alone, tgt[None])
+    np.testing.assert_allclose(packed[b][at], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_mlm_masking_statistics(data_dir):
+  config = make_config('encoder_only', data_dir=data_dir, batch_size=16, seq_len=128)
+  batches = take(config, 25)
+  inputs, targets, weights, seg = (np.concatenate([b[k] for b in batches])
+                                   for k in ('inputs', 'targets', 'weights', 'segment_ids'))
+  chosen = weights == 1
+  special = np.isin(targets, sorted(BYTES.special_ids))
+  candidates = (seg != 0) & ~special
+  assert not (chosen & ~candidates).any()  # never padding, never <bos>/<eos>
+  np.testing.assert_array_equal(inputs[~chosen], targets[~chosen])
+  assert candidates.sum() > 40_000
+  assert abs(chosen.sum() / candidates.sum() - 0.15) < 0.01
+  masked = (inputs[chosen] == BYTES.mask_id).mean()
+  kept = (inputs[chosen] == targets[chosen]).mean()  # 10% kept, + random picks of the same id
+  assert abs(masked - 0.8) < 0.02 and abs(kept - 0.1) < 0.02
+  assert abs(1 - masked - kept - 0.1) < 0.02
+
+
+# --- order, resume, shards ------------------------------------------------------------------------
+
+
+def test_same_seed_same_order_other_seed_other_order(data_dir):
+  config = make_config(data_dir=data_dir)
+  first, again = take(config, 3), take(config, 3)
+  assert_batches_equal(first, again)
+  config.train.seed = 1
+  other = take(config, 3)
+  assert not np.array_equal(first[0]['inputs'], other[0]['inputs'])
+
+
+RESUMABLE = [
+    ('decoder_only', 'shakespeare', None, {}),
+    ('encoder_only', 'shakespeare', None, {}),  # with random masks
+    ('encoder_decoder', 'sort', None, {}),
+    ('decoder_only', 'recall', None, {'pack': False}),
+]
+
+
+@pytest.mark.parametrize('family,dataset,head,extra', RESUMABLE)
+def test_resume_from_saved_state_gives_the_next_batches(data_dir, family, dataset, head, extra):
+  config = make_config(family, dataset, data_dir, head, **extra)
+  iterator = iter(pipeline.make_dataset(config, 'train', BYTES))
+  for _ in range(5):
+    next(iterator)
+  state = json.loads(json.dumps(iterator.get_state()))  # what a checkpoint stores
+  expected = [next(iterator) for _ in range(4)]
+  iterator.close()
+  resumed = iter(pipeline.make_dataset(config, 'train', BYTES))
+  resumed.set_state(state)
+  assert_batches_equal([next(resumed) for _ in range(4)], expected)
+  resumed.close()
+
+
+def test_host_shards_are_disjoint_and_cover_the_data():
+  """On the evaluation split (one pass, no shuffle): the rows of 3 hosts, together, are
+  exactly the rows of one host reading everything (as multisets: no row lost, none doubled)."""
+  config = make_config(dataset='copy', pack=False, batch_size=12)
+
+  def rows(**shard):
+    out = []
+    for batch in pipeline.make_dataset(config, 'eval', BYTES, **shard):
+      out += [tuple(r) for r, w in zip(batch['inputs'], batch['weights']) if w.sum() > 0]
+    return out
+
+  everything = rows()
+  shards = [rows(shard_index=i, shard_count=3) for i in range(3)]
+  assert len(everything) == synthetic.EVAL_SIZE
+  assert all(len(s) in (333, 334) for s in shards)
+  assert collections.Counter(sum(shards, [])) == collections.Counter(everything)
+  with pytest.raises(ConfigError, match='data.batch_size=12 .*divisible by the number of hosts'):
+    pipeline.make_dataset(config, 'eval', BYTES, shard_index=0, shard_count=5)
+
+
+# --- validation and the command line --------------------------------------------------------------
+
+
+@pytest.mark.parametrize('family,dataset,head,message', [
+    ('encoder_decoder', 'shakespeare', None, 'the encoder-decoder needs pairs'),
+    ('encoder_only', 'copy', None, 'model.head=mlm: it holds pairs'),
+    ('encoder_only', 'shakespeare', 'classify', 'use a labelled dataset'),
+    ('decoder_only', 'nope', None, "data.dataset='nope' is invalid: must be one of"),
+])
+def test_dataset_must_suit_the_family(family, dataset, head, message):
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    pipeline.check_data_config(make_config(family, dataset, head=head))
+
+
+def data_command(*args):
+  return subprocess.run([sys.executable, '-m', 'transformer.data', *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_data_command_shows_batches_and_throughput(data_dir):
+  result = data_command(f'--config.data.data_dir={data_dir}', '--batches=3')
+  assert result.returncode == 0, result.stderr
+  assert 'task lm for decoder_only' in result.stdout
+  assert re.search(r'3 batches, [\d,]+ tokens in .* tokens/s', result.stdout)
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--config.data.dataset=lm2b'], "data.dataset='lm2b' is invalid"),
+    (['--config.data.dataset=lm1b'], 'is not prepared in'),
+    (['--config.data.tokenizer=sentencepiece', '--config.data.spm_model=/no/such.model'],
+     "data.spm_model='/no/such.model' is invalid: no such file"),
+    (['--config=configs/encoder_only.py', '--config.model.head=classify',
+      '--config.data.dataset=imdb_reviews', '--config.model.num_classes=3'],
+     'model.num_classes=3 is invalid: imdb_reviews has 2 classes'),
+    (['--config.data.mask_rate=1.5'], 'data.mask_rate=1.5'),
+])
+def test_data_command_rejects_bad_input_with_one_line(tmp_path, args, message):
+  config_args = [a for a in args if a.startswith('--config=')]
+  others = [a for a in args if not a.startswith('--config=')]
+  result = data_command(*config_args, f'--config.data.data_dir={tmp_path}', *others)
+  assert result.returncode == 2, result.stdout + result.stderr
+  assert message in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+  if 'not prepared' in message:
+    assert 'python -m transformer.data --prepare --config.data.dataset=lm1b' in result.stderr
+
+
+def test_a_sentencepiece_model_of_the_wrong_size_is_rejected(spm_config):
+  path = pipeline.get_tokenizer(spm_config).model_path
+  result = data_command(f'--config.data.data_dir={spm_config.data.data_dir}',
+                        '--config.data.tokenizer=sentencepiece',
+                        f'--config.data.spm_model={path}', '--config.data.vocab_size=8000')
+  assert result.returncode == 2
+  assert 'data.vocab_size=8000 is invalid: the SentencePiece model' in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,1 @@
+"""Data: datasets, tokenizers and grain pipelines for every family."""

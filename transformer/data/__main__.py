@@ -1,0 +1,69 @@
+"""Inspect the batches of an experiment's data, or prepare its dataset.
+
+  python -m transformer.data --config=configs/default.py          # show batches, measure speed
+  python -m transformer.data --config=configs/encoder_decoder.py --split=eval --batches=5
+  python -m transformer.data --prepare --config.data.dataset=lm1b  # download + prepare (network)
+
+--prepare downloads and prepares a TFDS dataset as ArrayRecord (the format grain reads), builds
+the embedded corpus, and trains (and caches) a SentencePiece tokenizer when the config asks for
+one. Everything else runs offline.
+"""
+
+import sys
+import time
+
+from absl import flags
+
+from transformer import cli
+
+_PREPARE = flags.DEFINE_bool('prepare', False, 'download and prepare the dataset, then exit')
+_SPLIT = flags.DEFINE_enum('split', 'train', ['train', 'eval'], 'which split to read')
+_BATCHES = flags.DEFINE_integer('batches', 20, 'batches to read (to measure throughput)')
+_SHOW = flags.DEFINE_integer('show', 2, 'rows of the first batch to print, decoded')
+
+
+def main(config, argv):
+  if len(argv) > 1:
+    cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  from transformer.data import datasets, pipeline
+  cfg, spec, task = pipeline.check_data_config(config)
+  data_dir = datasets.resolve_data_dir(config.data.data_dir)
+  if _PREPARE.value:
+    print(f'preparing {config.data.dataset} in {data_dir} ...', flush=True)
+    datasets.prepare(config.data.dataset, data_dir)
+  tokenizer = pipeline.get_tokenizer(config)
+  summary = (f'dataset {config.data.dataset} ({spec.kind}) -> task {task} for {cfg.family}; '
+             f'{config.data.tokenizer} tokenizer, vocabulary {tokenizer.vocab_size}; '
+             f'data in {data_dir}')
+  if _PREPARE.value:
+    print(summary)
+    return
+  iterator = iter(pipeline.make_dataset(config, _SPLIT.value, tokenizer))
+  print(summary)
+  start = time.perf_counter()
+  batches, tokens = [], 0
+  for batch in iterator:
+    batches.append(batch)
+    tokens += batch['inputs'].size
+    if len(batches) == _BATCHES.value:
+      break
+  seconds = time.perf_counter() - start
+  iterator.close()
+  if not batches:
+    cli.fail(f'the {_SPLIT.value} split of {config.data.dataset} gave no batch', code=1)
+  first = batches[0]
+  print('batch:', ', '.join(f'{k} {v.shape} {v.dtype}' for k, v in sorted(first.items())))
+  for row in range(min(_SHOW.value, len(first['inputs']))):
+    for key in ('inputs', 'decoder_inputs', 'targets'):
+      if key in first:
+        print(f'  [{row}] {key:>14}: {tokenizer.decode(first[key][row])!r}'[:200])
+    if 'label' in first:
+      print(f'  [{row}] {"label":>14}: {first["label"][row]}')
+  weights = sum(float(b['weights'].sum()) for b in batches)
+  print(f'{len(batches)} batches, {tokens:,} tokens in {seconds:.2f} s: '
+        f'{tokens / seconds:,.0f} tokens/s; loss-weighted targets {weights / tokens:.1%}')
+  sys.stdout.flush()
+
+
+if __name__ == '__main__':
+  cli.run(main)

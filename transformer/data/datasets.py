@@ -1,0 +1,198 @@
+"""The datasets `data.dataset` can name, and random-access sources of canonical examples.
+
+Every dataset is one of three kinds, whatever its TFDS features:
+  text      {'text': str}                       causal LM, masked LM
+  pairs     {'inputs': str, 'targets': str}     encoder-decoder; decoder-only as prompt -> answer
+  labelled  {'text': str, 'label': int}         classification (its text also serves LM / MLM)
+
+TFDS datasets are read with `tfds.data_source` (ArrayRecord, random access, no TensorFlow).
+The embedded corpus is built into the data directory on first use; synthetic tasks are
+generated from their index, so shuffling, sharding and resuming work the same for all.
+"""
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+import pathlib
+from typing import Any
+
+from transformer.config import ConfigError
+from transformer.data import synthetic
+
+KINDS = ('text', 'pairs', 'labelled')
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  kind: str
+  tfds_name: str | None  # None: generated on the fly (synthetic)
+  splits: tuple[str, str]  # (training, evaluation) split names
+  text_feature: str = 'text'
+  num_classes: int = 0
+  whole_text: bool = False  # one example per split holds a whole corpus: split it into passages
+  languages: tuple[str, ...] = ()
+
+
+SYNTHETIC = synthetic.TASKS
+
+DATASETS: dict[str, DatasetSpec] = {
+    'shakespeare': DatasetSpec('text', 'shakespeare_corpus', ('train', 'validation')),
+    'tiny_shakespeare': DatasetSpec('text', 'tiny_shakespeare', ('train', 'validation'),
+                                    whole_text=True),
+    'lm1b': DatasetSpec('text', 'lm1b', ('train', 'test')),
+    'wmt14_translate/de-en': DatasetSpec('pairs', 'wmt14_translate/de-en', ('train', 'validation'),
+                                         languages=('de', 'en')),
+    'wmt17_translate/de-en': DatasetSpec('pairs', 'wmt17_translate/de-en', ('train', 'validation'),
+                                         languages=('de', 'en')),
+    'imdb_reviews': DatasetSpec('labelled', 'imdb_reviews', ('train', 'test'), num_classes=2),
+    'glue/sst2': DatasetSpec('labelled', 'glue/sst2', ('train', 'validation'),
+                             text_feature='sentence', num_classes=2),
+    **{name: DatasetSpec('pairs', None, ('train', 'validation')) for name in SYNTHETIC},
+}
+
+EMBEDDED = {'shakespeare_corpus'}  # built locally from files in the package
+
+
+def get_spec(name: str) -> DatasetSpec:
+  if name not in DATASETS:
+    raise ConfigError(f'data.dataset={name!r} is invalid: must be one of {", ".join(DATASETS)}')
+  return DATASETS[name]
+
+
+def resolve_data_dir(data_dir: str) -> str:
+  """data.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets (TFDS's own default)."""
+  return os.path.expanduser(data_dir or os.environ.get('TFDS_DATA_DIR')
+                            or '~/tensorflow_datasets')
+
+
+def prepare_command(name: str, data_dir: str) -> str:
+  return (f'python -m transformer.data --prepare --config.data.dataset={name} '
+          f'--config.data.data_dir={data_dir}')
+
+
+def prepare(name: str, data_dir: str):
+  """Downloads and prepares a TFDS dataset as ArrayRecord (needs network), or builds the
+  embedded corpus (needs nothing). Synthetic tasks need no preparation."""
+  spec = get_spec(name)
+  if spec.tfds_name is None:
+    return
+  import tensorflow_datasets as tfds
+  if spec.tfds_name in EMBEDDED:
+    build_embedded(spec.tfds_name, data_dir)
+    return
+  tfds.builder(spec.tfds_name, data_dir=data_dir, file_format='array_record').download_and_prepare()
+
+
+def build_embedded(tfds_name: str, data_dir: str):
+  """Builds the embedded corpus once; concurrent runs wait for the first (a file lock)."""
+  import tensorflow_datasets as tfds
+  from transformer.data.shakespeare.shakespeare_corpus import ShakespeareCorpus
+  assert tfds_name == 'shakespeare_corpus'
+  pathlib.Path(data_dir).mkdir(parents=True, exist_ok=True)
+  with open(os.path.join(data_dir, f'.{tfds_name}.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    with quiet_absl():
+      builder = ShakespeareCorpus(data_dir=data_dir, file_format='array_record')
+      if not builder.is_prepared():
+        tfds.disable_progress_bar()
+        builder.download_and_prepare()
+
+
+@contextlib.contextmanager
+def quiet_absl():
+  """TFDS logs at INFO and WARNING while opening a dataset; keep the console for results."""
+  from absl import logging
+  level = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(level)
+
+
+def is_prepared(tfds_name: str, data_dir: str) -> bool:
+  import tensorflow_datasets as tfds
+  try:
+    with quiet_absl():
+      return tfds.builder(tfds_name, data_dir=data_dir, file_format='array_record').is_prepared()
+  except Exception:  # noqa: BLE001 - an unreadable directory is not prepared
+    return False
+
+
+def as_text(value: Any) -> str:
+  """mock_data gives str, real data gives bytes."""
+  return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+
+
+class CanonicalSource:
+  """Random access to canonical examples of one split of a dataset."""
+
+  def __init__(self, records, spec: DatasetSpec, source_lang: str = '', target_lang: str = ''):
+    self._records, self._spec = records, spec
+    self._source_lang, self._target_lang = source_lang, target_lang
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    record = self._records[index]
+    if self._spec.tfds_name is None or isinstance(record, str):  # synthetic; passages
+      return record if isinstance(record, dict) else {'text': record}
+    if self._spec.kind == 'pairs':
+      return {'inputs': as_text(record[self._source_lang]),
+              'targets': as_text(record[self._target_lang])}
+    example = {'text': as_text(record[self._spec.text_feature])}
+    if self._spec.kind == 'labelled':
+      example['label'] = int(record['label'])
+    return example
+
+
+def _passages(records) -> list[str]:
+  """Blank-line-separated passages of corpora stored as one example per split."""
+  out = []
+  for i in range(len(records)):
+    out.extend(p.strip('\n') for p in as_text(records[i]['text']).split('\n\n') if p.strip())
+  return out
+
+
+def open_split(config: Any, which: str) -> CanonicalSource:
+  """The training ('train') or evaluation ('eval') split of `config.data.dataset`."""
+  data = config.data
+  spec = get_spec(data.dataset)
+  split = spec.splits[0 if which == 'train' else 1]
+  split = (data.train_split if which == 'train' else data.eval_split) or split
+  if spec.tfds_name is None:
+    records = synthetic.SyntheticTask(data.dataset, which, data.synthetic_len,
+                                      data.recall_distance)
+    return CanonicalSource(records, spec)
+  import tensorflow_datasets as tfds
+  data_dir = resolve_data_dir(data.data_dir)
+  if spec.tfds_name in EMBEDDED:
+    build_embedded(spec.tfds_name, data_dir)
+  try:
+    with quiet_absl():
+      records = tfds.data_source(spec.tfds_name, split=split, data_dir=data_dir, download=False)
+  except Exception as e:  # not prepared (or prepared as TFRecord), or a bad split name
+    if not is_prepared(spec.tfds_name, data_dir):
+      raise ConfigError(
+          f'data.dataset={data.dataset!r} is not prepared in {data_dir} (as ArrayRecord, the '
+          f'format grain reads); on a machine with network run: '
+          f'{prepare_command(data.dataset, data_dir)}') from None
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ConfigError(f'data.dataset={data.dataset!r}: cannot read split {split!r} from '
+                      f'{data_dir}: {reason}') from None
+  if spec.whole_text:
+    records = _passages(records)
+  return CanonicalSource(records, spec, data.source_lang, data.target_lang)
+
+
+def training_texts(source: CanonicalSource, limit: int):
+  """Texts of up to `limit` examples, to train a tokenizer on (both sides of pairs)."""
+  for i in range(min(len(source), limit)):
+    example = source[i]
+    if 'text' in example:
+      yield example['text']
+    else:
+      yield example['inputs']
+      yield example['targets']

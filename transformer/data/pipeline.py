@@ -1,0 +1,332 @@
+"""grain pipelines: canonical examples -> tokenized, packed, fixed-shape batches for each task.
+
+The task follows from the model family and the dataset's kind:
+  lm        decoder_only on text (or on pairs: 'inputs <sep> targets', loss on the targets)
+  mlm       encoder_only with the mlm head, on text (15% of tokens chosen: 80% [MASK],
+            10% a random token, 10% unchanged)
+  seq2seq   encoder_decoder on pairs (teacher forcing: decoder_inputs = <bos> + targets[:-1])
+  classify  encoder_only with the classify head, on labelled data
+
+Batches are dicts of NumPy arrays with the per-host batch first. Token tasks give (B, T)
+`inputs`, `targets`, `weights` (loss weight per target: 0 for padding, prompts and unmasked
+MLM tokens), `segment_ids` (0 = padding, 1, 2, ... = packed documents) and `positions`
+(restarting per document); seq2seq gives those for both sides (`inputs_segment_ids`,
+`targets_segment_ids`, ...) plus `decoder_inputs`; classify gives `label` and `weights` (B,).
+
+Training iterators shuffle (seeded, reshuffled every epoch), repeat forever, read only this
+host's shard of the data, and carry their state (`get_state` / `set_state`): a resumed run
+continues on exactly the next batch.
+"""
+
+from typing import Any
+
+import grain
+import numpy as np
+
+from transformer.config import ConfigError, ModelConfig
+from transformer.data import datasets, tokenizers
+from transformer.data.datasets import DatasetSpec
+
+TASKS = ('lm', 'mlm', 'seq2seq', 'classify')
+MAX_CHUNKS_PER_DOCUMENT = 256  # a longer document is truncated to this many rows
+
+
+def task_for(cfg: ModelConfig, spec: DatasetSpec, dataset: str) -> str:
+  """The training task of a model family on a dataset kind, or a ConfigError."""
+  if cfg.family == 'decoder_only':
+    return 'lm'
+  if cfg.family == 'encoder_decoder':
+    if spec.kind == 'pairs':
+      return 'seq2seq'
+    raise ConfigError(f'data.dataset={dataset!r} is invalid for model.family=encoder_decoder: '
+                      f'it holds {spec.kind}, the encoder-decoder needs pairs (a translation '
+                      f'dataset or a synthetic task: {", ".join(datasets.SYNTHETIC)})')
+  if cfg.head == 'classify':
+    if spec.kind == 'labelled':
+      return 'classify'
+    raise ConfigError(f'data.dataset={dataset!r} is invalid for model.head=classify: it holds '
+                      f'{spec.kind}; use a labelled dataset (imdb_reviews, glue/sst2)')
+  if spec.kind == 'pairs':
+    raise ConfigError(f'data.dataset={dataset!r} is invalid for model.head=mlm: it holds pairs; '
+                      'use a text or labelled dataset')
+  return 'mlm'
+
+
+def check_data_config(config: Any) -> tuple[ModelConfig, DatasetSpec, str]:
+  """Validates the data section against the model; returns (model config, spec, task)."""
+  from transformer.config import check_config
+  cfg = check_config(config)
+  data = config.data
+  spec = datasets.get_spec(data.dataset)
+
+  def fail(name, allowed):
+    raise ConfigError(f'data.{name}={data[name]!r} is invalid: {allowed}')
+
+  if data.tokenizer not in ('byte', 'sentencepiece'):
+    fail('tokenizer', 'must be one of byte, sentencepiece')
+  if data.tokenizer == 'sentencepiece':
+    if data.spm_type not in ('unigram', 'bpe'):
+      fail('spm_type', 'must be one of unigram, bpe')
+    if data.vocab_size < (0 if data.spm_model else 16):
+      fail('vocab_size', 'must be >= 16 to train SentencePiece (or 0 with data.spm_model)')
+  if not 0.0 < data.mask_rate < 1.0:
+    fail('mask_rate', 'must be in (0, 1)')
+  for name in ('num_workers', 'prefetch', 'read_threads'):
+    if data[name] < 0:
+      fail(name, 'must be >= 0')
+  if spec.tfds_name is None:
+    if data.synthetic_len < 1:
+      fail('synthetic_len', 'must be a positive integer')
+    if data.recall_distance < 0:
+      fail('recall_distance', 'must be >= 0')
+  if spec.languages:
+    for name in ('source_lang', 'target_lang'):
+      if data[name] not in spec.languages:
+        fail(name, f'must be one of {", ".join(spec.languages)} for {data.dataset}')
+    if data.source_lang == data.target_lang:
+      fail('target_lang', 'must differ from data.source_lang')
+  task = task_for(cfg, spec, data.dataset)
+  if task == 'classify' and cfg.num_classes != spec.num_classes:
+    raise ConfigError(f'model.num_classes={cfg.num_classes} is invalid: {data.dataset} has '
+                      f'{spec.num_classes} classes')
+  return cfg, spec, task
+
+
+# --- tokenizers -----------------------------------------------------------------------------------
+
+
+def get_tokenizer(config: Any) -> tokenizers.Tokenizer:
+  """The byte tokenizer, a given SentencePiece model, or one trained on the training split
+  (cached in the data directory, so later runs and other hosts reuse it)."""
+  data = config.data
+  if data.tokenizer == 'byte':
+    return tokenizers.ByteTokenizer()
+  if data.spm_model:
+    return tokenizers.load_sentencepiece(data.spm_model, data.vocab_size)
+  data_dir = datasets.resolve_data_dir(data.data_dir)
+  path = tokenizers.sentencepiece_cache_path(data_dir, data.dataset, data.vocab_size,
+                                             data.spm_type)
+  import os
+  if not os.path.exists(path):
+    texts = datasets.training_texts(datasets.open_split(config, 'train'), data.spm_examples)
+    tokenizers.train_sentencepiece(texts, data.vocab_size, path, data.spm_type)
+  return tokenizers.SentencePieceTokenizer(path)
+
+
+def apply_vocab(config: Any, tokenizer: tokenizers.Tokenizer):
+  """Reads the tokenizer's vocabulary size back into the model config."""
+  config.model.vocab_size = tokenizer.vocab_size
+
+
+# --- per-example transforms (classes, so worker processes can pickle them) ------------------------
+
+
+def _ids(*parts) -> np.ndarray:
+  return np.concatenate([np.atleast_1d(np.asarray(p, np.int32)) for p in parts])
+
+
+class LMChunks(grain.experimental.FlatMapTransform):
+  """<bos> text <eos>, cut into rows of at most seq_len next-token predictions.
+
+  For pairs: <bos> inputs <sep> targets <eos>, one row, weights only on the targets.
+  """
+
+  max_fan_out = MAX_CHUNKS_PER_DOCUMENT
+
+  def __init__(self, tokenizer, seq_len: int):
+    self.tokenizer, self.seq_len = tokenizer, seq_len
+
+  def flat_map(self, example):
+    tok, T = self.tokenizer, self.seq_len
+    if 'text' in example:
+      seq = _ids(tok.bos_id, tok.encode(example['text']), tok.eos_id)
+      starts = range(0, len(seq) - 1, T)[:self.max_fan_out]
+      rows = []
+      for s in starts:
+        piece = seq[s:s + T + 1]
+        rows.append({'inputs': piece[:-1], 'targets': piece[1:],
+                     'weights': np.ones(len(piece) - 1, np.float32)})
+      return rows
+    prompt = _ids(tok.bos_id, tok.encode(example['inputs']), tok.sep_id)
+    seq = _ids(prompt, tok.encode(example['targets']), tok.eos_id)[:T + 1]
+    weights = (np.arange(1, len(seq)) >= len(prompt)).astype(np.float32)
+    return [{'inputs': seq[:-1], 'targets': seq[1:], 'weights': weights}]
+
+
+class MLMChunks(grain.experimental.FlatMapTransform):
+  """<bos> text <eos>, cut into rows of at most seq_len tokens (masked after packing)."""
+
+  max_fan_out = MAX_CHUNKS_PER_DOCUMENT
+
+  def __init__(self, tokenizer, seq_len: int):
+    self.tokenizer, self.seq_len = tokenizer, seq_len
+
+  def flat_map(self, example):
+    tok, T = self.tokenizer, self.seq_len
+    seq = _ids(tok.bos_id, tok.encode(example['text']), tok.eos_id)
+    return [{'inputs': seq[s:s + T]} for s in range(0, len(seq), T)][:self.max_fan_out]
+
+
+class Seq2SeqExample(grain.transforms.Map):
+  """inputs <eos> -> targets <eos>, with decoder_inputs = <bos> targets (shifted right)."""
+
+  def __init__(self, tokenizer, seq_len: int):
+    self.tokenizer, self.seq_len = tokenizer, seq_len
+
+  def map(self, example):
+    tok, T = self.tokenizer, self.seq_len
+    source = _ids(tok.encode(example['inputs'])[:T - 1], tok.eos_id)
+    target = _ids(tok.encode(example['targets'])[:T - 1], tok.eos_id)
+    return {'inputs': source, 'targets': target, 'decoder_inputs': _ids(tok.bos_id, target[:-1]),
+            'weights': np.ones(len(target), np.float32)}
+
+
+class ClassifyExample(grain.transforms.Map):
+  """<bos> text, truncated and padded to seq_len, with its label."""
+
+  def __init__(self, tokenizer, seq_len: int):
+    self.tokenizer, self.seq_len = tokenizer, seq_len
+
+  def map(self, example):
+    ids = _ids(self.tokenizer.bos_id, self.tokenizer.encode(example['text']))[:self.seq_len]
+    row = pad_features({'inputs': ids}, self.seq_len)
+    row.update(label=np.int32(example['label']), weights=np.float32(1.0))
+    return row
+
+
+def pad_features(example: dict, length: int) -> dict:
+  """One unpacked example padded to `length`, with the keys packing produces."""
+  out = {}
+  for key, value in example.items():
+    n = len(value)
+    out[key] = np.pad(value, (0, length - n))
+    out[f'{key}_segment_ids'] = (np.arange(length) < n).astype(np.int32)
+    out[f'{key}_positions'] = np.where(np.arange(length) < n, np.arange(length), 0).astype(np.int32)
+  return out
+
+
+class PadExample(grain.transforms.Map):
+  def __init__(self, seq_len: int):
+    self.seq_len = seq_len
+
+  def map(self, example):
+    return pad_features(example, self.seq_len)
+
+
+class MaskTokens(grain.transforms.RandomMap):
+  """BERT's masking: choose `rate` of the real tokens; of those, 80% become <mask>, 10% a
+  random token, 10% stay. The loss weights mark the chosen tokens."""
+
+  def __init__(self, tokenizer, rate: float):
+    self.mask_id, self.rate = tokenizer.mask_id, rate
+    specials = sorted(tokenizer.special_ids) + [getattr(tokenizer, 'unk_id', -1)]
+    self.specials = np.asarray(specials, np.int32)
+    self.replacements = np.setdiff1d(np.arange(tokenizer.vocab_size), self.specials)
+
+  def random_map(self, row, rng: np.random.Generator):
+    ids = row['inputs']
+    candidates = (row['inputs_segment_ids'] != 0) & ~np.isin(ids, self.specials)
+    chosen = candidates & (rng.random(ids.shape) < self.rate)
+    r = rng.random(ids.shape)
+    masked = np.where(chosen & (r < 0.8), self.mask_id, ids)
+    random_ids = rng.choice(self.replacements, ids.shape)
+    masked = np.where(chosen & (r >= 0.8) & (r < 0.9), random_ids, masked)
+    return dict(row, inputs=masked.astype(np.int32), targets=ids.astype(np.int32),
+                weights=chosen.astype(np.float32))
+
+
+# Final batch keys of each task, from the keys after packing / padding.
+OUTPUT_KEYS = {
+    'lm': {'inputs': 'inputs', 'targets': 'targets', 'weights': 'weights',
+           'segment_ids': 'inputs_segment_ids', 'positions': 'inputs_positions'},
+    'mlm': {'inputs': 'inputs', 'targets': 'targets', 'weights': 'weights',
+            'segment_ids': 'inputs_segment_ids', 'positions': 'inputs_positions'},
+    'seq2seq': {k: k for k in ('inputs', 'inputs_segment_ids', 'inputs_positions',
+                               'decoder_inputs', 'targets', 'targets_segment_ids',
+                               'targets_positions', 'weights')},
+    'classify': {'inputs': 'inputs', 'segment_ids': 'inputs_segment_ids',
+                 'positions': 'inputs_positions', 'label': 'label', 'weights': 'weights'},
+}
+
+
+class SelectKeys(grain.transforms.Map):
+  def __init__(self, task: str):
+    self.keys = OUTPUT_KEYS[task]
+
+  def map(self, row):
+    return {out: (row[key].astype(np.float32) if out == 'weights' else row[key].astype(np.int32))
+            for out, key in self.keys.items()}
+
+
+class PadBatch(grain.transforms.Map):
+  """Pads a short final evaluation batch with zero rows (weight 0), keeping shapes fixed."""
+
+  def __init__(self, batch_size: int):
+    self.batch_size = batch_size
+
+  def map(self, batch):
+    return {k: np.pad(v, [(0, self.batch_size - len(v))] + [(0, 0)] * (v.ndim - 1))
+            for k, v in batch.items()}
+
+
+# --- the pipeline -------------------------------------------------------------------------------
+
+
+def host_batch_size(global_batch: int, shard_count: int) -> int:
+  if global_batch % shard_count:
+    raise ConfigError(f'data.batch_size={global_batch} is invalid: must be divisible by the '
+                      f'number of hosts ({shard_count})')
+  return global_batch // shard_count
+
+
+def make_dataset(config: Any, which: str, tokenizer: tokenizers.Tokenizer, *,
+                 shard_index: int = 0, shard_count: int = 1) -> grain.IterDataset:
+  """Batches of the training ('train': shuffled, endless) or evaluation ('eval': one pass,
+  the last batch padded) split, from this host's shard of the data."""
+  cfg, spec, task = check_data_config(config)
+  data, train = config.data, which == 'train'
+  T, seed = data.seq_len, config.train.seed
+  batch_size = host_batch_size(data.batch_size, shard_count)
+
+  ds = grain.MapDataset.source(datasets.open_split(config, which))
+  ds = ds[shard_index::shard_count]
+  if train:
+    ds = ds.seed(seed).shuffle().repeat(None)
+  # Records are read in this thread (the whole pipeline runs in the prefetch thread); many
+  # threads only pay off on remote file systems.
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data.read_threads,
+                                            prefetch_buffer_size=max(16, 4 * data.read_threads)))
+
+  if task == 'lm':
+    ds, lengths = grain.experimental.FlatMapIterDataset(ds, LMChunks(tokenizer, T)), (
+        'inputs', 'targets', 'weights')
+  elif task == 'mlm':
+    ds, lengths = grain.experimental.FlatMapIterDataset(ds, MLMChunks(tokenizer, T)), ('inputs',)
+  elif task == 'seq2seq':
+    ds, lengths = ds.map(Seq2SeqExample(tokenizer, T)), (
+        'inputs', 'targets', 'decoder_inputs', 'weights')
+  else:
+    ds, lengths = ds.map(ClassifyExample(tokenizer, T)), ()
+
+  if lengths and data.pack:
+    ds = grain.experimental.FirstFitPackIterDataset(
+        ds, length_struct={k: T for k in lengths}, num_packing_bins=max(batch_size, 8),
+        seed=seed, shuffle_bins=train)
+  elif lengths:
+    ds = ds.map(PadExample(T))
+  if task == 'mlm':
+    ds = ds.random_map(MaskTokens(tokenizer, data.mask_rate), seed=seed + 1)
+  ds = ds.map(SelectKeys(task)).batch(batch_size, drop_remainder=train)
+  if not train:
+    ds = ds.map(PadBatch(batch_size))
+  if data.num_workers > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
+  if data.prefetch > 0:
+    ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=data.prefetch)
+  return ds
+
+
+def host_shard() -> tuple[int, int]:
+  """(index, count) of this process among all hosts."""
+  import jax
+  return jax.process_index(), jax.process_count()

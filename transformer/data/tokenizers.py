@@ -1,0 +1,126 @@
+"""Tokenizers behind one interface: byte-level (the default) and SentencePiece.
+
+Both reserve the same special tokens: padding, beginning and end of sequence, a separator
+(between a prompt and its completion) and a mask (masked-LM). The byte tokenizer keeps a
+vocabulary of exactly 256 by giving those roles to ASCII control bytes that text does not use
+(they are removed from input text); SentencePiece gets them as reserved pieces.
+"""
+
+import dataclasses
+import hashlib
+import os
+import pathlib
+import tempfile
+from typing import Iterable, Protocol
+
+import numpy as np
+
+from transformer.config import ConfigError
+
+
+class Tokenizer(Protocol):
+  vocab_size: int
+  pad_id: int
+  bos_id: int
+  eos_id: int
+  sep_id: int
+  mask_id: int
+
+  def encode(self, text: str) -> np.ndarray: ...
+
+  def decode(self, ids: Iterable[int]) -> str: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ByteTokenizer:
+  """UTF-8 bytes as tokens. Special roles go to control bytes: NUL pads, STX/ETX begin and
+  end a sequence, GS separates, SUB masks."""
+
+  vocab_size: int = 256
+  pad_id: int = 0x00
+  bos_id: int = 0x02
+  eos_id: int = 0x03
+  sep_id: int = 0x1D
+  mask_id: int = 0x1A
+
+  @property
+  def special_ids(self) -> frozenset[int]:
+    return frozenset({self.pad_id, self.bos_id, self.eos_id, self.sep_id, self.mask_id})
+
+  def encode(self, text: str) -> np.ndarray:
+    ids = np.frombuffer(text.encode('utf-8'), dtype=np.uint8)
+    return ids[_ORDINARY_BYTE[ids]].astype(np.int32)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    data = bytes(int(i) for i in ids if 0 <= int(i) < 256 and int(i) not in self.special_ids)
+    return data.decode('utf-8', errors='replace')
+
+
+_ORDINARY_BYTE = np.ones(256, bool)
+_ORDINARY_BYTE[list(ByteTokenizer().special_ids)] = False
+
+SPM_SPECIALS = dict(pad_id=0, unk_id=1, bos_id=2, eos_id=3)
+SPM_SYMBOLS = ('<sep>', '<mask>')  # ids 4 and 5
+
+
+class SentencePieceTokenizer:
+  """A trained SentencePiece model (unigram or BPE)."""
+
+  def __init__(self, model_path: str | os.PathLike):
+    import sentencepiece as spm
+    self.model_path = str(model_path)
+    self._sp = spm.SentencePieceProcessor(model_file=self.model_path)
+    self.vocab_size = self._sp.get_piece_size()
+    self.pad_id, self.bos_id, self.eos_id = self._sp.pad_id(), self._sp.bos_id(), self._sp.eos_id()
+    self.unk_id = self._sp.unk_id()
+    self.sep_id, self.mask_id = (self._sp.piece_to_id(s) for s in SPM_SYMBOLS)
+    self.special_ids = frozenset({self.pad_id, self.bos_id, self.eos_id, self.sep_id,
+                                  self.mask_id})
+
+  def __getstate__(self):  # worker processes reload the model from its file
+    return {'model_path': self.model_path}
+
+  def __setstate__(self, state):
+    self.__init__(state['model_path'])
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.asarray(self._sp.encode(text), dtype=np.int32)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return self._sp.decode([int(i) for i in ids if int(i) not in self.special_ids])
+
+
+def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_path: str | os.PathLike,
+                        model_type: str = 'unigram', max_sentences: int = 1_000_000):
+  """Trains on `texts` and writes `model_path` atomically (safe with concurrent runs)."""
+  import sentencepiece as spm
+  model_path = pathlib.Path(model_path)
+  model_path.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=model_path.parent) as tmp:
+    prefix = os.path.join(tmp, 'spm')
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_prefix=prefix, vocab_size=vocab_size,
+        model_type=model_type, character_coverage=1.0, input_sentence_size=max_sentences,
+        shuffle_input_sentence=True, user_defined_symbols=list(SPM_SYMBOLS),
+        max_sentence_length=1 << 16, minloglevel=2, **SPM_SPECIALS)
+    os.replace(prefix + '.model', model_path)
+
+
+def sentencepiece_cache_path(data_dir: str, dataset: str, vocab_size: int, model_type: str) -> str:
+  """Where a SentencePiece model trained on `dataset`'s training split is cached."""
+  key = hashlib.sha1(f'{dataset}|{vocab_size}|{model_type}'.encode()).hexdigest()[:8]
+  safe = dataset.replace('/', '_')
+  return os.path.join(data_dir, 'tokenizers', f'{safe}-{model_type}{vocab_size}-{key}.model')
+
+
+def load_sentencepiece(model_path: str, expected_vocab_size: int | None) -> SentencePieceTokenizer:
+  """A given model file; its size must be what the config says."""
+  if not os.path.isfile(model_path):
+    raise ConfigError(f'data.spm_model={model_path!r} is invalid: no such file')
+  tokenizer = SentencePieceTokenizer(model_path)
+  if expected_vocab_size and tokenizer.vocab_size != expected_vocab_size:
+    raise ConfigError(
+        f'data.vocab_size={expected_vocab_size} is invalid: the SentencePiece model '
+        f'{model_path} has {tokenizer.vocab_size} pieces; set data.vocab_size='
+        f'{tokenizer.vocab_size} (or 0 to read it from the model)')
+  return tokenizer
