@@ -280,10 +280,14 @@ def host_batch_size(global_batch: int, shard_count: int) -> int:
 
 
 def make_dataset(config: Any, which: str, tokenizer: tokenizers.Tokenizer, *,
-                 shard_index: int = 0, shard_count: int = 1) -> grain.IterDataset:
+                 shard_index: int | None = None, shard_count: int | None = None
+                 ) -> grain.IterDataset:
   """Batches of the training ('train': shuffled, endless) or evaluation ('eval': one pass,
-  the last batch padded) split, from this host's shard of the data."""
+  the last batch padded) split, from this host's shard of the data (by default this JAX
+  process's: `jax.process_index()` of `jax.process_count()`)."""
   cfg, spec, task = check_data_config(config)
+  if shard_index is None or shard_count is None:
+    shard_index, shard_count = host_shard()
   data, train = config.data, which == 'train'
   T, seed = data.seq_len, config.train.seed
   batch_size = host_batch_size(data.batch_size, shard_count)
