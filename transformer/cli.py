@@ -46,10 +46,9 @@ def run(main: Callable, default_config: str = DEFAULT_CONFIG):
   from absl import app, flags
   from ml_collections import config_flags
 
-  # Libraries log at INFO (jax: "no TPU"; TFDS: every dataset it opens), which absl shows by
-  # default; start at WARNING (--verbosity=0 brings INFO back).
+  # Libraries log at INFO (jax: "no TPU"; TFDS: every dataset it opens; orbax: every save),
+  # which absl shows by default; we start at WARNING (--verbosity=0 brings INFO back).
   logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
-  flags.FLAGS.set_default('verbosity', -1)
 
   try:  # overrides of unknown fields raise here, while the flag is defined
     config_flags.DEFINE_config_file(
@@ -68,6 +67,9 @@ def run(main: Callable, default_config: str = DEFAULT_CONFIG):
       fail(f'{given[-1] if given else "--config"}: {type(e).__name__}: {_last_line(e)}')
 
   def wrapped(argv):
+    if not any(a.startswith(('--verbosity', '-v')) for a in sys.argv[1:]):
+      from absl import logging as absl_logging
+      absl_logging.set_verbosity(absl_logging.WARNING)
     config = flags.FLAGS.config
     source = f'--config={flags.FLAGS["config"].config_filename}'
     try:

@@ -80,17 +80,30 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = t = ml_collections.ConfigDict()
   t.num_steps = 2000  # optimizer steps
   t.seed = 0  # seeds initialisation, dropout and data order
-  t.log_every = 50  # steps between metric records
-  t.eval_every = 500  # steps between evaluations on the held-out split
-  t.checkpoint_every = 500  # steps between checkpoints
+  t.log_every = 50  # steps between metric records (the only host-device syncs of the loop)
+  t.eval_every = 500  # steps between evaluations on the held-out split (and at the end)
+  t.eval_batches = 20  # batches per evaluation; 0 = the whole held-out split
+  t.checkpoint_every = 500  # steps between checkpoints (and at the end)
+  t.keep_checkpoints = 3  # newest checkpoints kept
+  t.label_smoothing = 0.0  # target smoothing (the paper: 0.1)
+  t.grad_accum_steps = 1  # micro-batches per step (same result, less memory)
+  t.sample_tokens = 0  # language models: tokens to sample at the end (0 = none)
+  t.sample_prompt = ''  # ... continuing this text
+  t.sample_temperature = 0.8  # ... at this temperature (0 = greedy)
 
   c.opt = o = ml_collections.ConfigDict()
   o.name = 'adamw'  # adamw, adafactor or sgd
   o.lr = 1e-3  # peak learning rate
-  o.schedule = 'cosine'  # cosine (after warmup), linear, rsqrt (the paper's) or constant
+  o.schedule = 'cosine'  # constant, cosine, linear (after warmup) or rsqrt (the paper's)
   o.warmup_steps = 100  # linear warmup from 0 to lr
-  o.weight_decay = 0.1  # decoupled weight decay (not on norms, biases and embeddings)
+  o.final_lr_ratio = 0.1  # cosine / linear: end at lr * final_lr_ratio
+  o.weight_decay = 0.1  # decoupled weight decay (AdamW; coupled for SGD)
+  o.decay_all_params = False  # False: no decay on norms, biases and embedding tables
   o.clip_norm = 1.0  # global gradient-norm clipping; 0 = off
+  o.b1 = 0.9  # AdamW first-moment decay
+  o.b2 = 0.95  # AdamW second-moment decay
+  o.eps = 1e-8  # AdamW epsilon
+  o.momentum = 0.9  # SGD momentum (0 = plain SGD)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # data-parallel devices; -1 = all the others
@@ -129,11 +142,19 @@ class Size:
   max_len: int = 512
   seq_len: int = 256
   dropout: float | None = None  # None: the family style's
-  data: dict | None = None  # data overrides (the paper's datasets and tokenizers)
+  overrides: dict | None = None  # {section: {field: value}}: e.g. the paper's data and recipe
 
 
-WMT = dict(dataset='wmt14_translate/de-en', tokenizer='sentencepiece', spm_type='bpe',
-           vocab_size=37000)
+# The paper's setup: WMT 2014 English-German, shared 37000-token BPE, Adam (b2 0.98, eps 1e-9)
+# with the rsqrt schedule (4000 warmup steps, lr = (d_model * warmup)^-1/2), label smoothing 0.1.
+def _paper(d_model: int) -> dict:
+  return dict(
+      data=dict(dataset='wmt14_translate/de-en', tokenizer='sentencepiece', spm_type='bpe',
+                vocab_size=37000),
+      opt=dict(schedule='rsqrt', warmup_steps=4000, lr=(d_model * 4000) ** -0.5, b2=0.98,
+               eps=1e-9, weight_decay=0.0, clip_norm=0.0),
+      train=dict(label_smoothing=0.1, num_steps=100_000))
+
 
 SIZES = {
     # Any family, byte vocabulary: for tests, laptops and Colab CPU runtimes.
@@ -141,8 +162,10 @@ SIZES = {
     'mini': Size(None, 4, 256, 4, 1024, seq_len=256),
     'small': Size(None, 6, 384, 6, 1536, seq_len=256),
     # Vaswani et al. 2017, Table 3 (shared 37000-token BPE vocabulary).
-    'transformer-base': Size('encoder_decoder', 6, 512, 8, 2048, 37000, 1024, 256, 0.1, WMT),
-    'transformer-big': Size('encoder_decoder', 6, 1024, 16, 4096, 37000, 1024, 256, 0.3, WMT),
+    'transformer-base': Size('encoder_decoder', 6, 512, 8, 2048, 37000, 1024, 256, 0.1,
+                             _paper(512)),
+    'transformer-big': Size('encoder_decoder', 6, 1024, 16, 4096, 37000, 1024, 256, 0.3,
+                            _paper(1024)),
     # Devlin et al. 2019 (WordPiece vocabulary of 30522, 512 positions).
     'bert-base': Size('encoder_only', 12, 768, 12, 3072, 30522, 512, 512),
     'bert-large': Size('encoder_only', 24, 1024, 16, 4096, 30522, 512, 512),
@@ -173,7 +196,7 @@ def get_config(family: str, size: str | None = 'tiny') -> ml_collections.ConfigD
                       d_ff=s.d_ff, vocab_size=s.vocab_size, max_len=s.max_len)
   if s.dropout is not None:
     config.model.dropout = s.dropout
-  if s.data:
-    config.data.update(s.data)
+  for section, fields in (s.overrides or {}).items():
+    config[section].update(fields)
   config.data.seq_len = s.seq_len
   return config

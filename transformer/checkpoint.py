@@ -1,0 +1,81 @@
+"""Checkpoints with orbax: the train state, the data position and run metadata, per step.
+
+A checkpoint is a step directory under WORKDIR/checkpoints holding three items: `state`
+(arrays, orbax's tensorstore format), `data` (the data iterator's state, JSON) and `meta`
+(JSON: wall seconds, tokens seen). Nothing is pickled. Saves are asynchronous; orbax writes to
+a temporary directory and renames it when complete, so a run killed mid-save leaves the
+previous checkpoints intact. On restore, a step that cannot be read is renamed to
+`N.corrupted` (kept, never deleted) and the previous one is used.
+"""
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+ITEMS = ('state', 'data', 'meta')
+
+
+class Checkpoints:
+  def __init__(self, directory: str, keep: int = 3):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
+                                           create=True)
+    handlers = {'state': ocp.StandardCheckpointHandler(), 'data': ocp.JsonCheckpointHandler(),
+                'meta': ocp.JsonCheckpointHandler()}
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS,
+                                          item_handlers=handlers)
+
+  def steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def saved_shapes(self, step: int) -> Any | None:
+    """The (shape, dtype) tree of a checkpoint's state, from its metadata; None if unreadable."""
+    try:
+      tree = self._manager.item_metadata(step)['state']
+      return jax.tree.map(lambda m: (tuple(m.shape), str(m.dtype)), dict(tree))
+    except Exception:  # noqa: BLE001 - unreadable metadata: restore will set it aside
+      return None
+
+  def save(self, step: int, state: Any, data_state: dict, meta: dict):
+    """Starts an asynchronous save; returns once the arrays are copied off the devices."""
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+        meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict, dict] | None:
+    """(step, state, data_state, meta) of the newest readable checkpoint, or None."""
+    for step in sorted(self.steps(), reverse=True):
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore()))
+        return step, restored.state, restored.data, restored.meta
+      except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: fall back
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        aside = self._set_aside(step)
+        logging.warning('checkpoint at step %d is unreadable (%s); moved to %s, trying the '
+                        'previous one', step, first_line, aside)
+        print(f'warning: checkpoint at step {step} is unreadable ({first_line}); moved to '
+              f'{aside}; using the previous one')
+    return None
+
+  def _set_aside(self, step: int) -> str:
+    path = os.path.join(self.directory, str(step))
+    aside = f'{path}.corrupted'
+    n = 1
+    while os.path.exists(aside):
+      aside, n = f'{path}.corrupted{n}', n + 1
+    if jax.process_index() == 0:
+      os.rename(path, aside)
+    self._manager.reload()
+    return aside
+
+  def wait(self):
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.wait_until_finished()
+    self._manager.close()

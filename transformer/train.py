@@ -1,0 +1,389 @@
+"""Training: a pure train step, the loop, and the command.
+
+  python -m transformer.train --workdir=DIR                     # the default experiment
+  python -m transformer.train --config=configs/FILE.py[:PRESET] --workdir=DIR [--config.a.b=V]
+
+The run resumes from the newest readable checkpoint in DIR (parameters, optimizer state, data
+position and randomness: a resumed run is bitwise the run that never stopped). DIR receives
+config.json, metrics.jsonl, TensorBoard events, checkpoints/, and on finishing summary.json,
+loss.png (and sample.txt for language models). SIGTERM saves a checkpoint and exits with 143;
+a non-finite loss stops the run (exit 1) naming the step, leaving the last checkpoint intact.
+"""
+
+import functools
+import json
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from absl import flags
+
+from transformer import cli, losses, models, optim, scaling
+from transformer.config import ConfigError, ModelConfig, check_config
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'directory of the run: checkpoints, metrics, '
+                               'summary (required; an existing run there is resumed)')
+
+INTERRUPTED_EXIT_CODE = 143  # 128 + SIGTERM: stopped on request, checkpoint saved
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # optimizer updates done
+  params: Any
+  opt_state: Any
+
+
+def init_state(cfg: ModelConfig, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+  params = models.init_params(cfg, rng)
+  return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params))
+
+
+def _micro_batches(batch: dict, n: int) -> dict:
+  return jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), batch)
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Module,
+               tx: optax.GradientTransformation, schedule: optax.Schedule, task: str,
+               label_smoothing: float = 0.0, accum_steps: int = 1
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update on `batch` (split into `accum_steps` micro-batches whose gradients
+  add up to the whole batch's). Randomness: fold_in(rng, step). Loss: weighted mean."""
+  rng = jax.random.fold_in(rng, state.step)
+
+  def grads_of(micro_batch, micro_rng):
+    def objective(params):
+      sums = losses.loss_sums(model, params, micro_batch, task, label_smoothing=label_smoothing,
+                              train=True, rng=micro_rng)
+      return sums['loss'], sums
+    return jax.grad(objective, has_aux=True)(state.params)
+
+  if accum_steps == 1:
+    grads, sums = grads_of(batch, rng)
+  else:
+    def add(carry, xs):
+      grads, sums = grads_of(*xs)
+      return jax.tree.map(jnp.add, carry, (grads, sums)), None
+    micro = _micro_batches(batch, accum_steps)
+    rngs = jax.random.split(rng, accum_steps)
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grads_of, jax.tree.map(
+        lambda x: x[0], micro), rngs[0]))
+    (grads, sums), _ = jax.lax.scan(add, zeros, (micro, rngs))
+
+  weight = jnp.maximum(sums['weight'], 1.0)
+  grads = jax.tree.map(lambda g: g / weight, grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  loss = sums['loss'] / weight
+  grad_norm = optax.tree.norm(grads)
+  metrics = {'loss': loss, 'nll': sums['nll'] / weight, 'accuracy': sums['correct'] / weight,
+             'grad_norm': grad_norm, 'learning_rate': schedule(state.step),
+             'finite': jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params: Any, batch: dict, *, model: nn.Module, task: str) -> dict[str, jax.Array]:
+  """Weighted sums of nll, correct predictions and weight over the batch."""
+  sums = losses.loss_sums(model, params, batch, task)
+  return {k: sums[k] for k in ('nll', 'correct', 'weight')}
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+
+def check_train_config(config: Any) -> ModelConfig:
+  cfg = check_config(config)
+  optim.check_opt_config(config.opt)
+  t = config.train
+  for name in ('keep_checkpoints', 'grad_accum_steps'):
+    if t[name] < 1:
+      raise ConfigError(f'train.{name}={t[name]!r} is invalid: must be >= 1')
+  for name in ('eval_batches', 'sample_tokens'):
+    if t[name] < 0:
+      raise ConfigError(f'train.{name}={t[name]!r} is invalid: must be >= 0')
+  if not 0 <= t.label_smoothing < 1:
+    raise ConfigError(f'train.label_smoothing={t.label_smoothing!r} is invalid: must be in [0, 1)')
+  if config.data.batch_size % t.grad_accum_steps:
+    raise ConfigError(f'train.grad_accum_steps={t.grad_accum_steps} is invalid: must divide '
+                      f'data.batch_size={config.data.batch_size}')
+  return cfg
+
+
+def prepare_workdir(workdir: str):
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f'--workdir={workdir} is not writable: {e.strerror or e}') from None
+
+
+def check_checkpoint_matches(ckpts, abstract: TrainState, workdir: str):
+  """A workdir's checkpoint must have this model's parameter shapes (before anything compiles)."""
+  steps = ckpts.steps()
+  if not steps:
+    return
+  saved = ckpts.saved_shapes(max(steps))
+  if saved is None:
+    return  # unreadable: restore sets it aside and falls back
+  want = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), abstract.params)
+  saved_params = saved.get('params')
+  if saved_params != want:
+    flat_saved = dict(jax.tree_util.tree_flatten_with_path(saved_params or {})[0])
+    for path, shape in jax.tree_util.tree_flatten_with_path(want)[0]:
+      if flat_saved.get(path) != shape:
+        name = '/'.join(str(getattr(k, 'key', k)) for k in path)
+        raise ConfigError(
+            f'--workdir={workdir} holds a checkpoint of a different model: parameter {name} is '
+            f'{flat_saved.get(path, "absent")} there, {shape} in this config; use another '
+            f'--workdir or the config that wrote it ({workdir}/config.json)')
+    raise ConfigError(f'--workdir={workdir} holds a checkpoint of a different model (its '
+                      f'parameters differ from this config\'s); use another --workdir')
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+class _Stop:
+  """SIGTERM (a preempted cluster job) sets a flag the loop checks after every step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _is_main() -> bool:
+  return jax.process_index() == 0
+
+
+def evaluate(eval_fn, params, config, tokenizer, task: str) -> dict[str, float]:
+  """Mean nll and accuracy over `train.eval_batches` batches of the held-out split."""
+  from transformer.data import pipeline
+  iterator = iter(pipeline.make_dataset(config, 'eval', tokenizer))
+  totals = None
+  for i, batch in enumerate(iterator):
+    if config.train.eval_batches and i == config.train.eval_batches:
+      break
+    sums = eval_fn(params, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  iterator.close()
+  if totals is None:
+    return {}
+  totals = jax.device_get(totals)
+  weight = max(float(totals['weight']), 1.0)
+  out = {'eval_loss': float(totals['nll']) / weight,
+         'eval_accuracy': float(totals['correct']) / weight}
+  if config.data.tokenizer == 'byte' and task in ('lm', 'mlm', 'seq2seq'):
+    out['eval_bits_per_byte'] = out['eval_loss'] / math.log(2)  # one token is one byte
+  return out
+
+
+def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if it holds a run); returns the summary."""
+  from transformer import bench, checkpoint, metrics, viz
+  from transformer.data import pipeline
+
+  # Everything that can be wrong with the input is found here, before anything compiles.
+  check_train_config(config)
+  _, _, task = pipeline.check_data_config(config)
+  prepare_workdir(workdir)
+  tokenizer = pipeline.get_tokenizer(config)
+  pipeline.apply_vocab(config, tokenizer)
+  cfg = check_train_config(config)
+  model = models.build_model(cfg)
+  tx, schedule = optim.make_optimizer(config.opt, config.train.num_steps)
+  seed = config.train.seed
+  abstract = jax.eval_shape(functools.partial(init_state, cfg, tx), jax.random.key(seed))
+  ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'),
+                                 keep=config.train.keep_checkpoints)
+  check_checkpoint_matches(ckpts, abstract, workdir)
+
+  summary_path = os.path.join(workdir, 'summary.json')
+  if _is_main():
+    metrics.write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json()))
+
+  restored = ckpts.restore_latest(abstract)
+  train_iter = iter(pipeline.make_dataset(config, 'train', tokenizer))
+  if restored:
+    start, state, data_state, meta = restored
+    train_iter.set_state(data_state)
+    if meta.get('seed', seed) != seed:
+      print(f'note: resuming with the checkpoint\'s train.seed={meta["seed"]} (not {seed})')
+      seed = meta['seed']
+    if start >= config.train.num_steps and os.path.exists(summary_path):
+      train_iter.close()
+      ckpts.close()
+      with open(summary_path) as f:
+        print(f'{workdir} has finished ({start} steps); nothing to do')
+        return json.load(f)
+  else:
+    start, meta = 0, {'wall_seconds': 0.0}
+    state = jax.jit(init_state, static_argnums=(0, 1))(cfg, tx, jax.random.key(seed))
+  rng = jax.random.key(seed)
+
+  counts = scaling.summarize(cfg, config.data.seq_len)
+  tokens_per_step = config.data.batch_size * config.data.seq_len
+  peak_flops = bench.peak_flops()
+  writer = metrics.MetricWriter(workdir, resume_step=start, enabled=_is_main())
+  step_fn = jax.jit(functools.partial(
+      train_step, model=model, tx=tx, schedule=schedule, task=task,
+      label_smoothing=config.train.label_smoothing, accum_steps=config.train.grad_accum_steps),
+      donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(eval_step, model=model, task=task))
+  first_bad = jax.jit(lambda bad, finite, step: jnp.where((bad < 0) & ~finite, step, bad))
+
+  def fail_if_not_finite(bad_step) -> None:
+    bad = int(bad_step)
+    if bad >= 0:
+      ckpts.close()
+      train_iter.close()
+      last = max(ckpts.steps(), default=None)
+      cli.fail(f'non-finite loss at step {bad}: stopping. '
+               + (f'The checkpoint of step {last} is intact. ' if last else '')
+               + 'Lower opt.lr, raise opt.warmup_steps or set opt.clip_norm.', code=1)
+
+  def save(step: int):
+    # The open log window goes along, so a resumed run logs the same averages.
+    meta_now = {'wall_seconds': meta['wall_seconds'] + time.perf_counter() - started,
+                'seed': seed, 'tokens': step * tokens_per_step, 'window_start': window_start,
+                'window': None if window is None else
+                {k: float(v) for k, v in jax.device_get(window).items()}}
+    ckpts.save(step, state, train_iter.get_state(), meta_now)
+
+  print(f'{cfg.family} ({task}): {counts["params"]:,} parameters, '
+        f'{scaling.format_count(counts["flops_per_token"])} FLOPs/token; '
+        + (f'resuming at step {start} of ' if start else 'training for ')
+        + f'{config.train.num_steps} steps in {workdir}', flush=True)
+  stop = _Stop()
+  started = time.perf_counter()
+  bad_step = jnp.int32(-1)
+  window, window_start = None, start
+  if meta.get('window') is not None:
+    window = {k: jnp.asarray(v, jnp.bool_ if k == 'finite' else jnp.float32)
+              for k, v in meta['window'].items()}
+    window_start = meta['window_start']
+  timed_from, window_time = start + 1, time.perf_counter()  # the first step compiles: untimed
+  last_train, last_eval = {}, {}
+  progress = _progress(start, config.train.num_steps, enabled=_is_main())
+  step = start
+  for step in range(start + 1, config.train.num_steps + 1):
+    batch = next(train_iter)
+    state, m = step_fn(state, batch, rng)
+    bad_step = first_bad(bad_step, m['finite'], step)
+    window = m if window is None else jax.tree.map(jnp.add, window, m)
+    progress.update(1)
+    if step == start + 1:
+      jax.block_until_ready(m)
+      timed_from, window_time = step + 1, time.perf_counter()
+    record = {}
+    if step % config.train.log_every == 0 or step == config.train.num_steps:
+      fail_if_not_finite(bad_step)
+      host = jax.device_get(window)
+      n, seconds = step - window_start, time.perf_counter() - window_time
+      tokens_per_sec = max(step - timed_from + 1, 1) * tokens_per_step / max(seconds, 1e-9)
+      last_train = {k: float(host[k]) / n for k in ('loss', 'nll', 'accuracy', 'grad_norm')}
+      record = dict(last_train, learning_rate=float(m['learning_rate']),
+                    tokens_per_sec=tokens_per_sec,
+                    mfu=counts['flops_per_token'] * tokens_per_sec / peak_flops)
+      progress.set_postfix(loss=f'{last_train["loss"]:.3f}', tok_s=f'{tokens_per_sec:,.0f}')
+      window, window_start, timed_from = None, step, step + 1
+    if step % config.train.eval_every == 0 or step == config.train.num_steps:
+      last_eval = evaluate(eval_fn, state.params, config, tokenizer, task)
+      record.update(last_eval)
+    if record:
+      writer.write(step, record)
+      if 'loss' in record:
+        window_time = time.perf_counter()  # evaluation is not training time
+    if step % config.train.checkpoint_every == 0 or step == config.train.num_steps:
+      fail_if_not_finite(bad_step)
+      save(step)
+    if stop.requested:
+      fail_if_not_finite(bad_step)
+      if step % config.train.checkpoint_every:
+        save(step)
+      ckpts.close()
+      train_iter.close()
+      progress.close()
+      writer.close()
+      print(f'SIGTERM at step {step}: checkpoint saved; run the same command to resume',
+            flush=True)
+      sys.exit(INTERRUPTED_EXIT_CODE)
+  progress.close()
+  stop.restore()
+  ckpts.close()
+  train_iter.close()
+  writer.close()
+
+  wall = meta['wall_seconds'] + time.perf_counter() - started
+  tokens = config.train.num_steps * tokens_per_step
+  summary = dict(
+      status='finished', steps=config.train.num_steps, final_train_loss=last_train.get('loss'),
+      final_eval_loss=last_eval.get('eval_loss'), tokens=tokens, wall_seconds=wall,
+      total_flops=counts['flops_per_token'] * tokens, tokens_per_sec=tokens / wall,
+      **counts, **{k: v for k, v in last_eval.items() if k != 'eval_loss'})
+  if _is_main():
+    viz.plot_loss_curve(metrics.read_jsonl(writer.path), os.path.join(workdir, 'loss.png'))
+    if task == 'lm' and config.train.sample_tokens:
+      text = _sample_text(model, state.params, tokenizer, config)
+      with open(os.path.join(workdir, 'sample.txt'), 'w') as f:
+        f.write(text)
+      summary['sample'] = text
+    metrics.write_json(summary_path, summary)
+  _report(summary, workdir)
+  return summary
+
+
+def _progress(start: int, total: int, enabled: bool):
+  from tqdm import tqdm
+  return tqdm(total=total, initial=start, disable=not enabled, unit='step', mininterval=1.0,
+              dynamic_ncols=True, file=sys.stderr)
+
+
+def _sample_text(model, params, tokenizer, config) -> str:
+  from transformer import decode
+  prompt = [tokenizer.bos_id, *tokenizer.encode(config.train.sample_prompt)]
+  ids = decode.sample(model, params, prompt, config.train.sample_tokens,
+                      jax.random.key(config.train.seed), window=config.data.seq_len,
+                      temperature=config.train.sample_temperature)
+  return config.train.sample_prompt + tokenizer.decode(ids)
+
+
+def _report(summary: dict, workdir: str):
+  loss = summary.get('final_eval_loss')
+  line = f'done: {summary["steps"]} steps, train loss {summary["final_train_loss"]:.4f}'
+  if loss is not None:
+    line += f', eval loss {loss:.4f}'
+  if 'eval_bits_per_byte' in summary:
+    line += f' ({summary["eval_bits_per_byte"]:.3f} bits per byte)'
+  line += f', {summary["wall_seconds"]:.0f} s; {workdir}/summary.json'
+  print(line)
+  if 'sample' in summary:
+    print('sample:\n' + summary['sample'])
+
+
+def main(config, argv):
+  if len(argv) > 1:
+    cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not _WORKDIR.value:
+    cli.fail('--workdir is required: the directory for checkpoints, metrics and the summary')
+  train_and_evaluate(config, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  cli.run(main)
