@@ -157,6 +157,36 @@ def test_sentencepiece_is_trained_once_cached_and_read_back(spm_config):
       tokenizer.encode(text).tolist())
 
 
+def test_sentencepiece_specials_cannot_come_from_text_and_layout_survives(spm_config):
+  tokenizer = pipeline.get_tokenizer(spm_config)
+  ids = tokenizer.encode('a <mask> b <sep> c').tolist()
+  assert tokenizer.mask_id not in ids and tokenizer.sep_id not in ids
+  text = 'KING.\nNow  is the winter'
+  assert tokenizer.decode(tokenizer.encode(text)) == text  # newlines and spaces kept
+
+
+def test_sentencepiece_cache_is_keyed_by_what_shapes_it(spm_config):
+  other = spm_config.copy_and_resolve_references()
+  other.data.spm_examples = 2000
+  paths = {tokenizers.sentencepiece_cache_path(c.data.data_dir, c.data.dataset, c.data.vocab_size,
+                                               c.data.spm_type, c.data.spm_examples,
+                                               c.data.train_split)
+           for c in (spm_config, other)}
+  assert len(paths) == 2
+
+
+def test_a_sentencepiece_model_without_our_specials_is_rejected(tmp_path):
+  import sentencepiece as spm
+  texts = ['the quick brown fox jumps over the lazy dog'] * 50
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_prefix=str(tmp_path / 'p'),
+                                 vocab_size=30, minloglevel=2)
+  with pytest.raises(ConfigError, match=r'lacks the pieces pad, <sep>, <mask>'):
+    tokenizers.load_sentencepiece(str(tmp_path / 'p.model'), 0)
+  (tmp_path / 'text.model').write_text('not a model')
+  with pytest.raises(ConfigError, match='not a SentencePiece model'):
+    tokenizers.load_sentencepiece(str(tmp_path / 'text.model'), 0)
+
+
 def test_a_given_sentencepiece_model_must_match_the_config(spm_config):
   path = pipeline.get_tokenizer(spm_config).model_path
   assert tokenizers.load_sentencepiece(path, 300).vocab_size == 300
@@ -173,9 +203,12 @@ def test_a_given_sentencepiece_model_must_match_the_config(spm_config):
 @pytest.mark.parametrize('task', synthetic.TASKS)
 def test_synthetic_tasks_are_correct_and_deterministic(task):
   source = synthetic.SyntheticTask(task, 'train', length=12, distance=20)
+  pair_positions = set()
   for i in range(300):
     ex = source[i]
     x, y = ex['inputs'], ex['targets']
+    longest = synthetic.max_lengths(task, 12, 20)
+    assert len(x) <= longest[0] and len(y) <= longest[1]
     if task == 'copy':
       assert y == x and 1 <= len(x) <= 12
     elif task == 'reverse':
@@ -185,13 +218,33 @@ def test_synthetic_tasks_are_correct_and_deterministic(task):
     elif task == 'addition':
       a, b = x.split('+')
       assert int(y) == int(a) + int(b) and max(len(a), len(b)) <= 12
-    else:  # the queried key's value sits 20 characters of distractors before the query
-      key, value = x[-1], x[1]
-      assert x[0] == key and x[-2] == '?' and y == value and len(x) == 2 + 20 + 2
-      assert key not in x[2:-2]
+    else:  # the queried key occurs once before the query, 20 characters before it ends
+      key = x[-1]
+      assert x[-2] == '?' and x[:-2].count(key) == 1
+      p = x.index(key)
+      assert x[p + 1] == y and len(x) - 2 - (p + 2) == 20
+      pair_positions.add(p)
+  if task == 'recall':
+    assert len(pair_positions) > 5  # the answer is not at a fixed position
   assert source[5] == synthetic.SyntheticTask(task, 'train', 12, 20)[5]
-  assert [source[i] for i in range(20)] != [synthetic.SyntheticTask(task, 'eval', 12, 20)[i]
-                                            for i in range(20)]
+
+
+@pytest.mark.parametrize('task,length', [('addition', 2), ('sort', 3), ('copy', 2)])
+def test_synthetic_train_and_eval_never_share_an_example(task, length):
+  """Even where the space of examples is small enough for every one to be drawn."""
+  train = {synthetic.SyntheticTask(task, 'train', length, 4)[i]['inputs'] for i in range(3000)}
+  evals = {synthetic.SyntheticTask(task, 'eval', length, 4)[i]['inputs'] for i in range(300)}
+  assert train and evals and not train & evals
+
+
+def test_synthetic_examples_must_fit_the_row():
+  with pytest.raises(ConfigError, match=r'data\.seq_len=32 .*longest recall example needs '
+                                        r'\d+ tokens.*data\.recall_distance'):
+    pipeline.check_data_config(make_config(dataset='recall', seq_len=32, recall_distance=30))
+  with pytest.raises(ConfigError, match=r'longest copy example.*data\.synthetic_len'):
+    pipeline.check_data_config(make_config('encoder_decoder', 'copy', seq_len=16,
+                                           synthetic_len=16))
+  pipeline.check_data_config(make_config('encoder_decoder', 'copy', seq_len=17, synthetic_len=16))
 
 
 # --- packing, masking -----------------------------------------------------------------------------
@@ -270,6 +323,15 @@ def test_mlm_masking_statistics(data_dir):
   kept = (inputs[chosen] == targets[chosen]).mean()  # 10% kept, + random picks of the same id
   assert abs(masked - 0.8) < 0.02 and abs(kept - 0.1) < 0.02
   assert abs(1 - masked - kept - 0.1) < 0.02
+
+
+def test_hosts_draw_their_own_masks(data_dir):
+  """Where both hosts have a maskable token at the same place, their choices are independent."""
+  config = make_config('encoder_only', data_dir=data_dir, batch_size=8, seq_len=128)
+  a, b = (np.concatenate([x['weights'] for x in take(config, 6, shard_index=i, shard_count=2)])
+          for i in range(2))
+  both = (a == 1) & (b == 1)
+  assert a.sum() > 300 and both.sum() / a.sum() < 0.3  # independent: ~15%; identical: 100%
 
 
 # --- order, resume, shards ------------------------------------------------------------------------
@@ -362,6 +424,10 @@ def test_data_command_shows_batches_and_throughput(data_dir):
       '--config.data.dataset=imdb_reviews', '--config.model.num_classes=3'],
      'model.num_classes=3 is invalid: imdb_reviews has 2 classes'),
     (['--config.data.mask_rate=1.5'], 'data.mask_rate=1.5'),
+    (['--batches=0'], '--batches=0 is invalid'),
+    (['--config.train.seed=-1'], 'train.seed=-1 is invalid'),
+    (['--config.data.tokenizer=sentencepiece', '--config.data.spm_examples=0'],
+     'data.spm_examples=0 is invalid'),
 ])
 def test_data_command_rejects_bad_input_with_one_line(tmp_path, args, message):
   config_args = [a for a in args if a.startswith('--config=')]

@@ -171,6 +171,8 @@ def check_config(config: Any) -> ModelConfig:
     _positive_int('data', name, config.data[name])
   for name in ('num_steps', 'log_every', 'eval_every', 'checkpoint_every'):
     _positive_int('train', name, config.train[name])
+  if not 0 <= config.train.seed < 2**32:
+    raise ConfigError(f'train.seed={config.train.seed!r} is invalid: must be in [0, 2^32)')
   if cfg.position == 'learned' and config.data.seq_len > cfg.max_len:
     raise ConfigError(
         f'data.seq_len={config.data.seq_len} is invalid: longer than the learned position table '

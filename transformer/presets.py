@@ -71,8 +71,8 @@ def base_config() -> ml_collections.ConfigDict:
   d.mask_rate = 0.15  # masked LM: fraction of tokens to predict (80% masked, 10% random, 10% kept)
   d.source_lang = 'en'  # translation: source language
   d.target_lang = 'de'  # translation: target language
-  d.synthetic_len = 32  # synthetic tasks: longest sequence (addition: digits per operand)
-  d.recall_distance = 64  # synthetic recall: characters between the stored pair and the query
+  d.synthetic_len = 16  # synthetic tasks: longest sequence (addition: digits per operand)
+  d.recall_distance = 16  # synthetic recall: characters between the stored pair and the query
   d.num_workers = 0  # grain worker processes (0: read in the training process)
   d.read_threads = 0  # threads reading records; 8-16 pay off on remote file systems (GCS)
   d.prefetch = 4  # batches prepared ahead by a background thread (0: none)

@@ -173,16 +173,23 @@ def _is_main() -> bool:
 
 
 def evaluate(eval_fn, params, config, tokenizer, task: str) -> dict[str, float]:
-  """Mean nll and accuracy over `train.eval_batches` batches of the held-out split."""
+  """Mean nll and accuracy over the held-out split: `train.eval_batches` batches on every host
+  (a host whose shard runs short evaluates zero-weight batches), or the whole split if 0."""
   from transformer.data import pipeline
   iterator = iter(pipeline.make_dataset(config, 'eval', tokenizer))
-  totals = None
-  for i, batch in enumerate(iterator):
-    if config.train.eval_batches and i == config.train.eval_batches:
+  limit = config.train.eval_batches
+  totals, template, count = None, None, 0
+  for batch in iterator:
+    if limit and count == limit:
       break
+    template = batch
     sums = eval_fn(params, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    count += 1
   iterator.close()
+  while limit and template is not None and count < limit:
+    totals = jax.tree.map(jnp.add, totals, eval_fn(params, pipeline.empty_batch(template)))
+    count += 1
   if totals is None:
     return {}
   totals = jax.device_get(totals)
@@ -222,7 +229,14 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   train_iter = iter(pipeline.make_dataset(config, 'train', tokenizer))
   if restored:
     start, state, data_state, meta = restored
-    train_iter.set_state(data_state)
+    try:
+      train_iter.set_state(data_state)
+    except (KeyError, ValueError, TypeError, IndexError) as e:
+      raise ConfigError(
+          f'--workdir={workdir}: the data position saved at step {start} does not fit this data '
+          f'pipeline ({type(e).__name__}: {e}); was data.dataset, data.pack or '
+          'data.num_workers changed? Restore them (see config.json) or use another --workdir'
+      ) from None
     if meta.get('seed', seed) != seed:
       print(f'note: resuming with the checkpoint\'s train.seed={meta["seed"]} (not {seed})')
       seed = meta['seed']

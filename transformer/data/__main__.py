@@ -25,12 +25,17 @@ _SHOW = flags.DEFINE_integer('show', 2, 'rows of the first batch to print, decod
 def main(config, argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  if _BATCHES.value < 1:
+    cli.fail(f'--batches={_BATCHES.value} is invalid: must be >= 1')
   from transformer.data import datasets, pipeline
   cfg, spec, task = pipeline.check_data_config(config)
   data_dir = datasets.resolve_data_dir(config.data.data_dir)
   if _PREPARE.value:
     print(f'preparing {config.data.dataset} in {data_dir} ...', flush=True)
-    datasets.prepare(config.data.dataset, data_dir)
+    try:
+      datasets.prepare(config.data.dataset, data_dir)
+    except datasets.PrepareError as e:
+      cli.fail(str(e), code=1)
   tokenizer = pipeline.get_tokenizer(config)
   summary = (f'dataset {config.data.dataset} ({spec.kind}) -> task {task} for {cfg.family}; '
              f'{config.data.tokenizer} tokenizer, vocabulary {tokenizer.vocab_size}; '

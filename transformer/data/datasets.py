@@ -54,6 +54,10 @@ DATASETS: dict[str, DatasetSpec] = {
 EMBEDDED = {'shakespeare_corpus'}  # built locally from files in the package
 
 
+class PrepareError(RuntimeError):
+  """Preparing a dataset failed (no network, no space): a runtime failure, not bad input."""
+
+
 def get_spec(name: str) -> DatasetSpec:
   if name not in DATASETS:
     raise ConfigError(f'data.dataset={name!r} is invalid: must be one of {", ".join(DATASETS)}')
@@ -81,7 +85,13 @@ def prepare(name: str, data_dir: str):
   if spec.tfds_name in EMBEDDED:
     build_embedded(spec.tfds_name, data_dir)
     return
-  tfds.builder(spec.tfds_name, data_dir=data_dir, file_format='array_record').download_and_prepare()
+  try:
+    tfds.builder(spec.tfds_name, data_dir=data_dir,
+                 file_format='array_record').download_and_prepare()
+  except Exception as e:  # noqa: BLE001 - offline, disk full, ...: say it in one line
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:300]
+    raise PrepareError(f'could not prepare {name} in {data_dir}: {type(e).__name__}: '
+                       f'{reason}') from None
 
 
 def build_embedded(tfds_name: str, data_dir: str):
@@ -89,8 +99,15 @@ def build_embedded(tfds_name: str, data_dir: str):
   import tensorflow_datasets as tfds
   from transformer.data.shakespeare.shakespeare_corpus import ShakespeareCorpus
   assert tfds_name == 'shakespeare_corpus'
-  pathlib.Path(data_dir).mkdir(parents=True, exist_ok=True)
-  with open(os.path.join(data_dir, f'.{tfds_name}.lock'), 'w') as lock:
+  if is_prepared(tfds_name, data_dir):  # e.g. a shared, read-only data directory
+    return
+  try:
+    pathlib.Path(data_dir).mkdir(parents=True, exist_ok=True)
+    lock = open(os.path.join(data_dir, f'.{tfds_name}.lock'), 'w')
+  except OSError as e:
+    raise ConfigError(f'data.data_dir={data_dir!r} is invalid: cannot build the embedded corpus '
+                      f'there ({e.strerror or e})') from None
+  with lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     with quiet_absl():
       builder = ShakespeareCorpus(data_dir=data_dir, file_format='array_record')

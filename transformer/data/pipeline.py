@@ -24,11 +24,11 @@ import grain
 import numpy as np
 
 from transformer.config import ConfigError, ModelConfig
-from transformer.data import datasets, tokenizers
+from transformer.data import datasets, synthetic, tokenizers
 from transformer.data.datasets import DatasetSpec
 
 TASKS = ('lm', 'mlm', 'seq2seq', 'classify')
-MAX_CHUNKS_PER_DOCUMENT = 256  # a longer document is truncated to this many rows
+MAX_CHUNKS_PER_DOCUMENT = 4096  # rows of one document at most (beyond: truncated)
 
 
 def task_for(cfg: ModelConfig, spec: DatasetSpec, dataset: str) -> str:
@@ -74,6 +74,8 @@ def check_data_config(config: Any) -> tuple[ModelConfig, DatasetSpec, str]:
   for name in ('num_workers', 'prefetch', 'read_threads'):
     if data[name] < 0:
       fail(name, 'must be >= 0')
+  if data.tokenizer == 'sentencepiece' and data.spm_examples < 1:
+    fail('spm_examples', 'must be a positive integer')
   if spec.tfds_name is None:
     if data.synthetic_len < 1:
       fail('synthetic_len', 'must be a positive integer')
@@ -86,10 +88,24 @@ def check_data_config(config: Any) -> tuple[ModelConfig, DatasetSpec, str]:
     if data.source_lang == data.target_lang:
       fail('target_lang', 'must differ from data.source_lang')
   task = task_for(cfg, spec, data.dataset)
+  if spec.tfds_name is None and data.tokenizer == 'byte':
+    _check_synthetic_fits(data, task)
   if task == 'classify' and cfg.num_classes != spec.num_classes:
     raise ConfigError(f'model.num_classes={cfg.num_classes} is invalid: {data.dataset} has '
                       f'{spec.num_classes} classes')
   return cfg, spec, task
+
+
+def _check_synthetic_fits(data: Any, task: str):
+  """Synthetic examples must fit a row whole (one byte per character), or the task is broken."""
+  inputs, targets = synthetic.max_lengths(data.dataset, data.synthetic_len, data.recall_distance)
+  need = inputs + targets + 3 if task == 'lm' else max(inputs, targets) + 1  # specials
+  limit = data.seq_len + 1 if task == 'lm' else data.seq_len
+  if need > limit:
+    knob = 'recall_distance' if data.dataset == 'recall' else 'synthetic_len'
+    raise ConfigError(
+        f'data.seq_len={data.seq_len} is invalid: the longest {data.dataset} example needs '
+        f'{need - (task == "lm")} tokens here; raise data.seq_len or lower data.{knob}')
 
 
 # --- tokenizers -----------------------------------------------------------------------------------
@@ -105,7 +121,7 @@ def get_tokenizer(config: Any) -> tokenizers.Tokenizer:
     return tokenizers.load_sentencepiece(data.spm_model, data.vocab_size)
   data_dir = datasets.resolve_data_dir(data.data_dir)
   path = tokenizers.sentencepiece_cache_path(data_dir, data.dataset, data.vocab_size,
-                                             data.spm_type)
+                                             data.spm_type, data.spm_examples, data.train_split)
   import os
   if not os.path.exists(path):
     texts = datasets.training_texts(datasets.open_split(config, 'train'), data.spm_examples)
@@ -318,8 +334,9 @@ def make_dataset(config: Any, which: str, tokenizer: tokenizers.Tokenizer, *,
         seed=seed, shuffle_bins=train)
   elif lengths:
     ds = ds.map(PadExample(T))
-  if task == 'mlm':
-    ds = ds.random_map(MaskTokens(tokenizer, data.mask_rate), seed=seed + 1)
+  if task == 'mlm':  # every host draws its own masks
+    mask_seed = int(np.random.SeedSequence([seed, shard_index, 1]).generate_state(1)[0])
+    ds = ds.random_map(MaskTokens(tokenizer, data.mask_rate), seed=mask_seed)
   ds = ds.map(SelectKeys(task)).batch(batch_size, drop_remainder=train)
   if not train:
     ds = ds.map(PadBatch(batch_size))
@@ -328,6 +345,11 @@ def make_dataset(config: Any, which: str, tokenizer: tokenizers.Tokenizer, *,
   if data.prefetch > 0:
     ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=data.prefetch)
   return ds
+
+
+def empty_batch(batch: dict) -> dict:
+  """A batch of the same keys and shapes with every weight 0 (pads evaluation)."""
+  return {k: np.zeros_like(v) for k, v in batch.items()}
 
 
 def host_shard() -> tuple[int, int]:

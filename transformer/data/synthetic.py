@@ -1,21 +1,24 @@
 """Synthetic sequence-to-sequence tasks, generated from their index.
 
 Example i of a split is a pure function of (task, split, i), so the tasks shuffle, shard and
-resume exactly like stored datasets, and the training and evaluation splits never share a
-random stream. Examples are text, so every tokenizer reads them:
+resume exactly like stored datasets. The splits never share an example: one example in ten
+(by a hash of its input) belongs to evaluation, the others to training. Examples are text, so
+every tokenizer reads them:
 
   copy      'qhwbz'          -> 'qhwbz'
   reverse   'qhwbz'          -> 'zbwhq'
   sort      'qhwbz'          -> 'bhqwz'
   addition  '4821+907'       -> '5728'
-  recall    'k7' + `distance` characters of distractor pairs ('a3f1...') + '?k' -> '7':
-            associative recall across a chosen distance, a long-range probe
+  recall    distractor pairs, then 'k7', then `distance` characters of distractor pairs,
+            then '?k' -> '7': associative recall across a chosen distance (the stored pair
+            sits at a random position; only its distance to the query is fixed)
 
 `length` bounds the sequence (copy, reverse, sort: 1..length letters; addition: operands of
 1..length digits).
 """
 
 import string
+import zlib
 
 import numpy as np
 
@@ -23,6 +26,7 @@ TASKS = ('copy', 'reverse', 'sort', 'addition', 'recall')
 LETTERS = np.array(list(string.ascii_lowercase))
 DIGITS = np.array(list(string.digits))
 SPLIT_STREAM = {'train': 0, 'eval': 1}
+EVAL_BUCKETS = 10  # one example in ten (by input hash) is evaluation-only
 TRAIN_SIZE = 1_000_000  # examples per training epoch (more are never needed: they are fresh)
 EVAL_SIZE = 1_000
 
@@ -44,7 +48,11 @@ class SyntheticTask:
     if not 0 <= index < self.size:
       raise IndexError(index)
     rng = np.random.default_rng([self.stream, index])
-    return getattr(self, f'_{self.task}')(rng)
+    while True:  # draw until the example belongs to this split
+      example = getattr(self, f'_{self.task}')(rng)
+      in_eval = zlib.crc32(example['inputs'].encode()) % EVAL_BUCKETS == 0
+      if in_eval == (self.stream == SPLIT_STREAM['eval']):
+        return example
 
   def _letters(self, rng) -> str:
     return ''.join(rng.choice(LETTERS, rng.integers(1, self.length + 1)))
@@ -71,7 +79,19 @@ class SyntheticTask:
   def _recall(self, rng):
     key, value = rng.choice(LETTERS), rng.choice(DIGITS)
     others = LETTERS[LETTERS != key]
-    n_pairs = (self.distance + 1) // 2
-    filler = ''.join(f'{k}{v}' for k, v in zip(rng.choice(others, n_pairs),
-                                                rng.choice(DIGITS, n_pairs)))
-    return {'inputs': f'{key}{value}{filler[:self.distance]}?{key}', 'targets': str(value)}
+
+    def distractors(n: int) -> str:
+      pairs = ''.join(f'{k}{v}' for k, v in zip(rng.choice(others, (n + 1) // 2),
+                                                  rng.choice(DIGITS, (n + 1) // 2)))
+      return pairs[:n]
+
+    before = distractors(2 * int(rng.integers(0, self.distance // 2 + 1)))
+    return {'inputs': f'{before}{key}{value}{distractors(self.distance)}?{key}',
+            'targets': str(value)}
+
+
+def max_lengths(task: str, length: int, distance: int) -> tuple[int, int]:
+  """Longest (inputs, targets), in characters, a task can produce."""
+  return {'copy': (length, length), 'reverse': (length, length), 'sort': (length, length),
+          'addition': (2 * length + 1, length + 1),
+          'recall': (2 * (distance // 2) + distance + 4, 1)}[task]

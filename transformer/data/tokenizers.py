@@ -59,8 +59,9 @@ class ByteTokenizer:
 _ORDINARY_BYTE = np.ones(256, bool)
 _ORDINARY_BYTE[list(ByteTokenizer().special_ids)] = False
 
+SPM_VERSION = 2  # of our training recipe: part of the cache key
 SPM_SPECIALS = dict(pad_id=0, unk_id=1, bos_id=2, eos_id=3)
-SPM_SYMBOLS = ('<sep>', '<mask>')  # ids 4 and 5
+SPM_SYMBOLS = ('<sep>', '<mask>')  # ids 4 and 5; control symbols: text never produces them
 
 
 class SentencePieceTokenizer:
@@ -95,20 +96,33 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_path: str |
   """Trains on `texts` and writes `model_path` atomically (safe with concurrent runs)."""
   import sentencepiece as spm
   model_path = pathlib.Path(model_path)
-  model_path.parent.mkdir(parents=True, exist_ok=True)
+  try:
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f'data.data_dir: cannot cache the tokenizer in {model_path.parent} '
+                      f'({e.strerror or e})') from None
   with tempfile.TemporaryDirectory(dir=model_path.parent) as tmp:
     prefix = os.path.join(tmp, 'spm')
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_prefix=prefix, vocab_size=vocab_size,
-        model_type=model_type, character_coverage=1.0, input_sentence_size=max_sentences,
-        shuffle_input_sentence=True, user_defined_symbols=list(SPM_SYMBOLS),
-        max_sentence_length=1 << 16, minloglevel=2, **SPM_SPECIALS)
+    try:  # identity normalisation, whitespace kept: decoding gives back the text's layout
+      spm.SentencePieceTrainer.train(
+          sentence_iterator=iter(texts), model_prefix=prefix, vocab_size=vocab_size,
+          model_type=model_type, character_coverage=1.0, input_sentence_size=max_sentences,
+          shuffle_input_sentence=True, control_symbols=list(SPM_SYMBOLS),
+          normalization_rule_name='identity', remove_extra_whitespaces=False,
+          max_sentence_length=1 << 16, minloglevel=2, **SPM_SPECIALS)
+    except RuntimeError as e:
+      reason = str(e).strip().splitlines()[-1] if str(e).strip() else 'failed'
+      raise ConfigError(f'data.vocab_size={vocab_size} is invalid: SentencePiece could not train '
+                        f'it on this data ({reason})') from None
     os.replace(prefix + '.model', model_path)
 
 
-def sentencepiece_cache_path(data_dir: str, dataset: str, vocab_size: int, model_type: str) -> str:
-  """Where a SentencePiece model trained on `dataset`'s training split is cached."""
-  key = hashlib.sha1(f'{dataset}|{vocab_size}|{model_type}'.encode()).hexdigest()[:8]
+def sentencepiece_cache_path(data_dir: str, dataset: str, vocab_size: int, model_type: str,
+                             examples: int, split: str) -> str:
+  """Where a SentencePiece model trained on `dataset`'s training split is cached (keyed by
+  everything that shapes it)."""
+  key = hashlib.sha1(f'{dataset}|{vocab_size}|{model_type}|{examples}|{split}|'
+                     f'{SPM_VERSION}'.encode()).hexdigest()[:8]
   safe = dataset.replace('/', '_')
   return os.path.join(data_dir, 'tokenizers', f'{safe}-{model_type}{vocab_size}-{key}.model')
 
@@ -117,7 +131,20 @@ def load_sentencepiece(model_path: str, expected_vocab_size: int | None) -> Sent
   """A given model file; its size must be what the config says."""
   if not os.path.isfile(model_path):
     raise ConfigError(f'data.spm_model={model_path!r} is invalid: no such file')
-  tokenizer = SentencePieceTokenizer(model_path)
+  try:
+    tokenizer = SentencePieceTokenizer(model_path)
+  except (RuntimeError, OSError) as e:
+    raise ConfigError(f'data.spm_model={model_path!r} is invalid: not a SentencePiece model '
+                      f'({str(e).strip().splitlines()[-1] if str(e).strip() else e})') from None
+  missing = [name for name, i in (('pad', tokenizer.pad_id), ('bos', tokenizer.bos_id),
+                                  ('eos', tokenizer.eos_id)) if i < 0]
+  missing += [s for s, i in zip(SPM_SYMBOLS, (tokenizer.sep_id, tokenizer.mask_id))
+              if i == tokenizer.unk_id]
+  if missing:
+    raise ConfigError(f'data.spm_model={model_path!r} is invalid: it lacks the pieces '
+                      f'{", ".join(missing)} (train it with pad_id=0, unk_id=1, bos_id=2, '
+                      f'eos_id=3, control_symbols=<sep>,<mask>; or leave data.spm_model empty '
+                      'to train one)')
   if expected_vocab_size and tokenizer.vocab_size != expected_vocab_size:
     raise ConfigError(
         f'data.vocab_size={expected_vocab_size} is invalid: the SentencePiece model '
