@@ -2,6 +2,7 @@
 synthetic tasks, packing, masking, order, resume and per-host shards."""
 
 import collections
+import functools
 import json
 import os
 import pickle
@@ -252,11 +253,18 @@ def test_synthetic_examples_must_fit_the_row():
 
 def token_losses(cfg, params, tokens, targets, **kw):
   logits = models.build_model(cfg).apply({'params': params}, tokens, **kw)
-  return np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, targets))
+  return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
 
 
 def segments(row_ids):
   return [s for s in np.unique(row_ids) if s != 0]
+
+
+def alone(at, length):
+  """One document of a packed row, by itself, padded to `length` (segment 0 = padding)."""
+  n = int(at.sum())
+  pad = lambda x: np.pad(x[at], (0, length - n))[None]
+  return pad, np.pad(np.ones(n, np.int32), (0, length - n))[None], n
 
 
 def test_packed_lm_batch_gives_each_documents_own_loss(data_dir):
@@ -264,15 +272,18 @@ def test_packed_lm_batch_gives_each_documents_own_loss(data_dir):
   (batch,) = take(config, 1)
   cfg = ModelConfig.from_config(config)
   params = models.init_params(cfg, jax.random.key(0))
-  packed = token_losses(cfg, params, batch['inputs'], batch['targets'],
-                        segment_ids=batch['segment_ids'], positions=batch['positions'])
+  losses_fn = jax.jit(functools.partial(token_losses, cfg))
+  packed = losses_fn(params, batch['inputs'], batch['targets'],
+                     segment_ids=batch['segment_ids'], positions=batch['positions'])
   n_docs = 0
   for b in range(len(batch['inputs'])):
     for s in segments(batch['segment_ids'][b]):
       at = batch['segment_ids'][b] == s
       np.testing.assert_array_equal(batch['positions'][b][at], np.arange(at.sum()))
-      alone = token_losses(cfg, params, batch['inputs'][b][at][None], batch['targets'][b][at][None])
-      np.testing.assert_allclose(packed[b][at], alone[0], rtol=1e-5, atol=1e-5)
+      pad, seg, n = alone(at, 96)
+      by_itself = losses_fn(params, pad(batch['inputs'][b]), pad(batch['targets'][b]),
+                            segment_ids=seg)
+      np.testing.assert_allclose(packed[b][at], by_itself[0, :n], rtol=1e-5, atol=1e-5)
       n_docs += 1
   assert n_docs > len(batch['inputs'])  # rows really held several documents
   # Within a document, targets are the inputs shifted by one.
@@ -286,25 +297,32 @@ def test_packed_seq2seq_batch_gives_each_pairs_own_loss():
   cfg = ModelConfig.from_config(config)
   params = models.init_params(cfg, jax.random.key(0))
   model = models.build_model(cfg)
-  logits = model.apply({'params': params}, batch['inputs'], batch['decoder_inputs'],
-                       src_segment_ids=batch['inputs_segment_ids'],
-                       tgt_segment_ids=batch['targets_segment_ids'],
-                       src_positions=batch['inputs_positions'],
-                       tgt_positions=batch['targets_positions'])
-  packed = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, batch['targets']))
+
+  @jax.jit
+  def token_losses_s2s(src, dec, tgt, src_seg, tgt_seg, src_pos=None, tgt_pos=None):
+    logits = model.apply({'params': params}, src, dec, src_segment_ids=src_seg,
+                         tgt_segment_ids=tgt_seg, src_positions=src_pos, tgt_positions=tgt_pos)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, tgt)
+
+  packed = token_losses_s2s(batch['inputs'], batch['decoder_inputs'], batch['targets'],
+                            batch['inputs_segment_ids'], batch['targets_segment_ids'],
+                            batch['inputs_positions'], batch['targets_positions'])
   b = 0
   pairs = segments(batch['targets_segment_ids'][b])
   assert len(pairs) >= 3
   for s in pairs:
-    src = batch['inputs'][b][batch['inputs_segment_ids'][b] == s]
+    src_at = batch['inputs_segment_ids'][b] == s
     at = batch['targets_segment_ids'][b] == s
-    dec, tgt = batch['decoder_inputs'][b][at], batch['targets'][b][at]
+    src, dec, tgt = batch['inputs'][b][src_at], batch['decoder_inputs'][b][at], \
+        batch['targets'][b][at]
     assert dec[0] == BYTES.bos_id and src[-1] == tgt[-1] == BYTES.eos_id
     np.testing.assert_array_equal(dec[1:], tgt[:-1])
     assert BYTES.decode(tgt) == BYTES.decode(src)[::-1]  # the reverse task
-    alone = model.apply({'params': params}, src[None], dec[None])
-    alone = optax.softmax_cross_entropy_with_integer_labels(alone, tgt[None])
-    np.testing.assert_allclose(packed[b][at], alone[0], rtol=1e-5, atol=1e-5)
+    pad_src, src_seg, _ = alone(src_at, 48)
+    pad_tgt, tgt_seg, n = alone(at, 48)
+    by_itself = token_losses_s2s(pad_src(batch['inputs'][b]), pad_tgt(batch['decoder_inputs'][b]),
+                                 pad_tgt(batch['targets'][b]), src_seg, tgt_seg)
+    np.testing.assert_allclose(packed[b][at], by_itself[0, :n], rtol=1e-5, atol=1e-5)
 
 
 def test_mlm_masking_statistics(data_dir):

@@ -83,7 +83,7 @@ def test_weight_decay_skips_norms_biases_and_embeddings():
   tx, _ = optim.make_optimizer(opt_config(lr=0.1, warmup_steps=0, weight_decay=0.5,
                                           schedule='constant', clip_norm=0.0), 10)
   zeros = jax.tree.map(jnp.zeros_like, params)
-  updates, _ = tx.update(zeros, tx.init(params), params)
+  updates, _ = jax.jit(tx.update)(zeros, tx.init(params), params)
   moved = jax.tree.map(lambda u: bool(jnp.any(u != 0)), updates)
   assert jax.tree.leaves(moved) == jax.tree.leaves(optim.decay_mask(params))
 
@@ -155,6 +155,20 @@ def test_gradient_accumulation_equals_the_whole_batch():
   np.testing.assert_allclose(m2['loss'], m1['loss'], rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                two.params, one.params)
+
+
+def test_bfloat16_compute_trains_with_float32_state():
+  config = tiny(dtype='bfloat16')
+  config.opt.update(name='adamw', lr=3e-3)
+  fn, state, batch = step_function(config)
+  first = None
+  for i in range(10):
+    state, metrics = fn(state, batch, jax.random.key(i))
+    first = float(metrics['loss']) if first is None else first
+  dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.opt_state))
+            if jnp.issubdtype(x.dtype, jnp.floating)}
+  assert dtypes == {jnp.dtype('float32')}
+  assert np.isfinite(float(metrics['loss'])) and float(metrics['loss']) < first
 
 
 # --- whole runs ------------------------------------------------------------------------------------
@@ -355,7 +369,7 @@ def failing(tmp_path, *args):
     (['--config.opt.lr=-0.001'], 'opt.lr=-0.001 is invalid: must be > 0'),
     (['--config.opt.lr=fast'], 'opt.lr'),
     (['--config.opt.learning_rate=0.1'], '--config.opt.learning_rate is not a field'),
-    (['--config.train.grad_accum_steps=3'], 'must divide data.batch_size=8'),
+    (['--config.train.grad_accum_steps=3'], 'must divide data.batch_size=16'),
 ])
 def test_bad_training_input_gives_one_line(tmp_path, args, message):
   result = failing(tmp_path, f'--workdir={tmp_path}', *args)

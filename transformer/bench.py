@@ -125,6 +125,7 @@ def run_bench(config) -> dict:
 def main(config, argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  cli.enable_compilation_cache()
   result = run_bench(config)
   if _JSON.value:
     print(json.dumps(result))
@@ -134,8 +135,8 @@ def main(config, argv):
   print(f'step {result["step_ms"]:.1f} ms (median of {_WINDOWS.value} windows of '
         f'{_STEPS.value}; {result["step_ms_min"]:.1f}-{result["step_ms_max"]:.1f}), '
         f'compile {result["compile_s"]:.1f} s')
-  print(f'{result["tokens_per_sec"]:,.0f} tokens/s, MFU {result["mfu"]:.1%} of '
-        f'{scaling.format_count(result["peak_flops"])}FLOP/s peak')
+  print(f'{result["tokens_per_sec"]:,.0f} tokens/s, MFU {result["mfu"]:.1%} of a '
+        f'{result["peak_flops"] / 1e9:,.0f} GFLOP/s peak')
 
 
 if __name__ == '__main__':

@@ -7,6 +7,7 @@ anything is compiled.
 """
 
 import logging
+import os
 import pathlib
 import re
 import sys
@@ -39,6 +40,20 @@ def _override_error(error: BaseException, argv: list[str]) -> str:
   culprit = next((o for o in overrides if name and name.group(1) in o.split('.')), None)
   message = f'{culprit or "a --config override"} is not a field of the config'
   return f'{message}. {hint.group(0)}' if hint else message
+
+
+def enable_compilation_cache():
+  """JAX's persistent compilation cache: a restarted run (after preemption, a crash, or the next
+  point of a sweep with the same shapes) loads its compiled step instead of compiling again.
+  $JAX_COMPILATION_CACHE_DIR wins; otherwise ~/.cache/transformer/jax. Unwritable: no cache."""
+  import jax
+  directory = os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.expanduser(
+      '~/.cache/transformer/jax')
+  try:
+    os.makedirs(directory, exist_ok=True)
+  except OSError:
+    return
+  jax.config.update('jax_compilation_cache_dir', directory)
 
 
 def run(main: Callable, default_config: str = DEFAULT_CONFIG):

@@ -394,6 +394,7 @@ def _report(summary: dict, workdir: str):
 def main(config, argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  cli.enable_compilation_cache()
   if not _WORKDIR.value:
     cli.fail('--workdir is required: the directory for checkpoints, metrics and the summary')
   train_and_evaluate(config, _WORKDIR.value)
