@@ -24,3 +24,12 @@ import pytest  # noqa: E402
 @pytest.fixture
 def rng():
   return np.random.default_rng(0)
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  """A data directory holding the embedded corpus, built once per test process."""
+  from transformer.data import datasets
+  path = str(tmp_path_factory.mktemp('data'))
+  datasets.build_embedded('shakespeare_corpus', path)
+  return path

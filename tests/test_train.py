@@ -19,16 +19,8 @@ import pytest
 
 from transformer import bench, checkpoint, losses, models, optim, presets, train
 from transformer.config import ModelConfig
-from transformer.data import datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope='session')
-def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('data'))
-  datasets.build_embedded('shakespeare_corpus', path)
-  return path
 
 
 # --- schedules, optimizers, losses ---------------------------------------------------------------
@@ -196,7 +188,7 @@ def test_every_family_learns(tmp_path, data_dir, family, dataset, extra):
   import tensorflow_datasets as tfds
   config = run_config(family, dataset, data_dir, 40, **extra)
   with tfds.testing.mock_data(num_examples=8):  # only imdb_reviews reads TFDS here
-    summary = train.train_and_evaluate(config, str(tmp_path))
+    summary = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
   records = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   curve = [r['loss'] for r in records if 'loss' in r]
   assert curve[-1] < 0.8 * curve[0], curve

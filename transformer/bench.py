@@ -38,12 +38,20 @@ ACCELERATOR_PEAKS = (
 @functools.lru_cache(maxsize=None)
 def peak_flops(device: jax.Device | None = None) -> float:
   """Peak FLOP/s of a device: published for known accelerators, measured on CPU."""
-  device = device or jax.devices()[0]
+  device = device or jax.local_devices()[0]
   if device.platform != 'cpu':
     for name, peak in ACCELERATOR_PEAKS:
       if name.lower() in device.device_kind.lower():
         return peak
   return measure_matmul_flops(device)
+
+
+def mesh_peak_flops(devices: list) -> float:
+  """Peak FLOP/s of a set of devices. Simulated CPU devices share one CPU: its peak counts
+  once."""
+  if devices[0].platform == 'cpu':
+    return peak_flops(jax.local_devices()[0])
+  return peak_flops(devices[0]) * len(devices)
 
 
 def measure_matmul_flops(device: jax.Device, n: int = 2048, repeats: int = 8) -> float:

@@ -67,7 +67,10 @@ class Embedder(nn.Module):
   def encode(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
              token_types_BxT: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
     cfg = self.cfg
-    x_BxTxD = jnp.take(self.embedding, tokens_BxT, axis=0, mode='clip')
+    # FSDP: gather the table's width before the lookup (a lookup into an embed-sharded table
+    # makes XLA replicate its output); its rows stay split over the tensor axis.
+    table = nn.with_logical_constraint(self.embedding, ('vocab', None))
+    x_BxTxD = jnp.take(table, tokens_BxT, axis=0, mode='clip')
     if cfg.scale_embeddings:
       x_BxTxD = x_BxTxD * math.sqrt(cfg.d_model)
     if cfg.position == 'sinusoidal':
@@ -77,7 +80,8 @@ class Embedder(nn.Module):
     if cfg.type_vocab_size:
       if token_types_BxT is None:
         token_types_BxT = jnp.zeros_like(tokens_BxT)
-      x_BxTxD = x_BxTxD + jnp.take(self.type_embedding, token_types_BxT, axis=0, mode='clip')
+      types = nn.with_logical_constraint(self.type_embedding, (None, None))
+      x_BxTxD = x_BxTxD + jnp.take(types, token_types_BxT, axis=0, mode='clip')
     if cfg.embed_norm:
       x_BxTxD = self.norm(x_BxTxD)
     x_BxTxD = self.dropout(x_BxTxD, deterministic=deterministic).astype(cfg.dtype)

@@ -55,6 +55,7 @@ class LearnedPositions(nn.Module):
         'embedding',
         nn.with_logical_partitioning(nn.initializers.normal(self.init_std), ('positions', 'embed')),
         (self.max_len, self.d_model), self.param_dtype)
+    table = nn.with_logical_constraint(table, (None, None))  # whole before the lookup (FSDP)
     return jnp.take(table, positions_BxT, axis=0, mode='clip')
 
 

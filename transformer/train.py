@@ -26,11 +26,23 @@ import jax.numpy as jnp
 import optax
 from absl import flags
 
-from transformer import cli, losses, models, optim, scaling
+from transformer import cli, losses, models, optim, scaling, sharding
 from transformer.config import ConfigError, ModelConfig, check_config
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'directory of the run: checkpoints, metrics, '
                                'summary (required; an existing run there is resumed)')
+
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'many hosts: HOST:PORT of process 0 (with --num_processes and '
+    '--process_id); not needed under SLURM or on Cloud TPU VMs, where it is detected')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'many hosts: number of processes')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'many hosts: this process, 0-based')
+_DISTRIBUTED = flags.DEFINE_enum(
+    'distributed', 'auto', ['auto', 'on', 'off'], 'jax.distributed.initialize: auto (with the '
+    'flags above, under SLURM with several tasks, on Cloud TPU VMs), on (always), off')
+_HEARTBEAT = flags.DEFINE_integer(
+    'heartbeat_timeout_s', 100, 'many hosts: a process that does not hear from the coordinator '
+    'for this long fails instead of waiting forever')
 
 INTERRUPTED_EXIT_CODE = 143  # 128 + SIGTERM: stopped on request, checkpoint saved
 
@@ -53,11 +65,17 @@ def _micro_batches(batch: dict, n: int) -> dict:
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Module,
                tx: optax.GradientTransformation, schedule: optax.Schedule, task: str,
-               label_smoothing: float = 0.0, accum_steps: int = 1
+               label_smoothing: float = 0.0, accum_steps: int = 1, axis_name: str | None = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on `batch` (split into `accum_steps` micro-batches whose gradients
-  add up to the whole batch's). Randomness: fold_in(rng, step). Loss: weighted mean."""
+  add up to the whole batch's). Randomness: fold_in(rng, step). Loss: weighted mean.
+
+  Under jit the batch is global, however it is sharded. Under pmap each device has a slice:
+  `axis_name` names the mapped axis, over which gradients and loss sums are added up before
+  the update, so every device applies the update of the whole batch."""
   rng = jax.random.fold_in(rng, state.step)
+  if axis_name is not None:  # a different dropout mask on each device's slice
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
   def grads_of(micro_batch, micro_rng):
     def objective(params):
@@ -78,6 +96,8 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Modu
         lambda x: x[0], micro), rngs[0]))
     (grads, sums), _ = jax.lax.scan(add, zeros, (micro, rngs))
 
+  if axis_name is not None:
+    grads, sums = jax.lax.psum((grads, sums), axis_name)
   weight = jnp.maximum(sums['weight'], 1.0)
   grads = jax.tree.map(lambda g: g / weight, grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -172,24 +192,26 @@ def _is_main() -> bool:
   return jax.process_index() == 0
 
 
-def evaluate(eval_fn, params, config, tokenizer, task: str) -> dict[str, float]:
-  """Mean nll and accuracy over the held-out split: `train.eval_batches` batches on every host
-  (a host whose shard runs short evaluates zero-weight batches), or the whole split if 0."""
+def evaluate(eval_fn, config, tokenizer, task: str, template: dict) -> dict[str, float]:
+  """Mean nll and accuracy over the held-out split: `train.eval_batches` batches (a host whose
+  shard runs short evaluates zero-weight batches shaped like `template`), or the whole split
+  if 0 (hosts go on together until every host's shard is done). `eval_fn(batch)` returns the
+  sums of `eval_step` over the global batch."""
   from transformer.data import pipeline
   iterator = iter(pipeline.make_dataset(config, 'eval', tokenizer))
   limit = config.train.eval_batches
-  totals, template, count = None, None, 0
-  for batch in iterator:
-    if limit and count == limit:
+  totals, count = None, 0
+  while not limit or count < limit:
+    batch = next(iterator, None)
+    if not limit and not sharding.any_process(batch is not None):
       break
+    if batch is None:
+      batch = pipeline.empty_batch(template)
     template = batch
-    sums = eval_fn(params, batch)
+    sums = eval_fn(batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     count += 1
   iterator.close()
-  while limit and template is not None and count < limit:
-    totals = jax.tree.map(jnp.add, totals, eval_fn(params, pipeline.empty_batch(template)))
-    count += 1
   if totals is None:
     return {}
   totals = jax.device_get(totals)
@@ -201,65 +223,82 @@ def evaluate(eval_fn, params, config, tokenizer, task: str) -> dict[str, float]:
   return out
 
 
-def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
-  """Trains `config` in `workdir` (resuming if it holds a run); returns the summary."""
+def _host_data_state(saved: Any, workdir: str, step: int) -> Any:
+  """This process's data position from a checkpoint's (one per process, in process order)."""
+  hosts = saved['hosts'] if isinstance(saved, dict) and 'hosts' in saved else [saved]
+  if len(hosts) != jax.process_count():
+    raise ConfigError(
+        f'--workdir={workdir}: the checkpoint of step {step} was written by {len(hosts)} '
+        f'process(es), each reading its own shard of the data; this run has '
+        f'{jax.process_count()}. Resume with {len(hosts)} process(es), or use another --workdir')
+  return hosts[jax.process_index()]
+
+
+def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if it holds a run); returns the summary.
+  `devices`: the devices of the mesh (default: every device of every process)."""
   from transformer import bench, checkpoint, metrics, viz
   from transformer.data import pipeline
 
   # Everything that can be wrong with the input is found here, before anything compiles.
   check_train_config(config)
   _, _, task = pipeline.check_data_config(config)
+  sharding.mesh_shape(config, ModelConfig.from_config(config), len(devices or jax.devices()))
   prepare_workdir(workdir)
   tokenizer = pipeline.get_tokenizer(config)
   pipeline.apply_vocab(config, tokenizer)
   cfg = check_train_config(config)
   model = models.build_model(cfg)
   tx, schedule = optim.make_optimizer(config.opt, config.train.num_steps)
+  par = sharding.make_parallel(
+      config, cfg, tx, functools.partial(init_state, cfg, tx),
+      functools.partial(train_step, model=model, tx=tx, schedule=schedule, task=task,
+                        label_smoothing=config.train.label_smoothing,
+                        accum_steps=config.train.grad_accum_steps),
+      functools.partial(eval_step, model=model, task=task), devices)
   seed = config.train.seed
-  abstract = jax.eval_shape(functools.partial(init_state, cfg, tx), jax.random.key(seed))
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'),
                                  keep=config.train.keep_checkpoints)
-  check_checkpoint_matches(ckpts, abstract, workdir)
+  check_checkpoint_matches(ckpts, par.abstract, workdir)
 
   summary_path = os.path.join(workdir, 'summary.json')
   if _is_main():
     metrics.write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json()))
 
-  restored = ckpts.restore_latest(abstract)
+  restored = ckpts.restore_latest(par.abstract)
   train_iter = iter(pipeline.make_dataset(config, 'train', tokenizer))
   if restored:
-    start, state, data_state, meta = restored
+    start, saved_state, data_state, meta = restored
     try:
-      train_iter.set_state(data_state)
+      train_iter.set_state(_host_data_state(data_state, workdir, start))
     except (KeyError, ValueError, TypeError, IndexError) as e:
+      if isinstance(e, ConfigError):
+        raise
       raise ConfigError(
           f'--workdir={workdir}: the data position saved at step {start} does not fit this data '
           f'pipeline ({type(e).__name__}: {e}); was data.dataset, data.pack or '
           'data.num_workers changed? Restore them (see config.json) or use another --workdir'
       ) from None
     if meta.get('seed', seed) != seed:
-      print(f'note: resuming with the checkpoint\'s train.seed={meta["seed"]} (not {seed})')
+      _print(f'note: resuming with the checkpoint\'s train.seed={meta["seed"]} (not {seed})')
       seed = meta['seed']
     if start >= config.train.num_steps and os.path.exists(summary_path):
       train_iter.close()
       ckpts.close()
       with open(summary_path) as f:
-        print(f'{workdir} has finished ({start} steps); nothing to do')
+        _print(f'{workdir} has finished ({start} steps); nothing to do')
         return json.load(f)
+    state = par.restore(saved_state)
+    del saved_state
   else:
     start, meta = 0, {'wall_seconds': 0.0}
-    state = jax.jit(init_state, static_argnums=(0, 1))(cfg, tx, jax.random.key(seed))
+    state = par.init(jax.random.key(seed))
   rng = jax.random.key(seed)
 
   counts = scaling.summarize(cfg, config.data.seq_len)
   tokens_per_step = config.data.batch_size * config.data.seq_len
-  peak_flops = bench.peak_flops()
+  peak_flops = bench.mesh_peak_flops(list(par.mesh.devices.flat))
   writer = metrics.MetricWriter(workdir, resume_step=start, enabled=_is_main())
-  step_fn = jax.jit(functools.partial(
-      train_step, model=model, tx=tx, schedule=schedule, task=task,
-      label_smoothing=config.train.label_smoothing, accum_steps=config.train.grad_accum_steps),
-      donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(eval_step, model=model, task=task))
   first_bad = jax.jit(lambda bad, finite, step: jnp.where((bad < 0) & ~finite, step, bad))
 
   def fail_if_not_finite(bad_step) -> None:
@@ -278,12 +317,17 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                 'seed': seed, 'tokens': step * tokens_per_step, 'window_start': window_start,
                 'window': None if window is None else
                 {k: float(v) for k, v in jax.device_get(window).items()}}
-    ckpts.save(step, state, train_iter.get_state(), meta_now)
+    hosts = sharding.gather_host_states(train_iter.get_state())
+    ckpts.save(step, par.saveable(state), {'hosts': hosts}, meta_now)
 
-  print(f'{cfg.family} ({task}): {counts["params"]:,} parameters, '
-        f'{scaling.format_count(counts["flops_per_token"])} FLOPs/token; '
-        + (f'resuming at step {start} of ' if start else 'training for ')
-        + f'{config.train.num_steps} steps in {workdir}', flush=True)
+  mesh = dict(zip(par.mesh.axis_names, par.mesh.devices.shape))
+  _print(f'{cfg.family} ({task}): {counts["params"]:,} parameters, '
+         f'{scaling.format_count(counts["flops_per_token"])} FLOPs/token; '
+         + (f'resuming at step {start} of ' if start else 'training for ')
+         + f'{config.train.num_steps} steps in {workdir}'
+         + (f' on {par.mesh.devices.size} devices ({par.kind}, '
+            + ', '.join(f'{k} {v}' for k, v in mesh.items()) + ')'
+            if par.mesh.devices.size > 1 else ''))
   stop = _Stop()
   started = time.perf_counter()
   bad_step = jnp.int32(-1)
@@ -295,10 +339,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   timed_from, window_time = start + 1, time.perf_counter()  # the first step compiles: untimed
   last_train, last_eval = {}, {}
   progress = _progress(start, config.train.num_steps, enabled=_is_main())
+  eval_fn = lambda batch: par.eval(state, batch)
   step = start
   for step in range(start + 1, config.train.num_steps + 1):
     batch = next(train_iter)
-    state, m = step_fn(state, batch, rng)
+    state, m = par.step(state, batch, rng)
     bad_step = first_bad(bad_step, m['finite'], step)
     window = m if window is None else jax.tree.map(jnp.add, window, m)
     progress.update(1)
@@ -310,15 +355,17 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       fail_if_not_finite(bad_step)
       host = jax.device_get(window)
       n, seconds = step - window_start, time.perf_counter() - window_time
-      tokens_per_sec = max(step - timed_from + 1, 1) * tokens_per_step / max(seconds, 1e-9)
       last_train = {k: float(host[k]) / n for k in ('loss', 'nll', 'accuracy', 'grad_norm')}
-      record = dict(last_train, learning_rate=float(m['learning_rate']),
-                    tokens_per_sec=tokens_per_sec,
-                    mfu=counts['flops_per_token'] * tokens_per_sec / peak_flops)
-      progress.set_postfix(loss=f'{last_train["loss"]:.3f}', tok_s=f'{tokens_per_sec:,.0f}')
+      record = dict(last_train, learning_rate=float(m['learning_rate']))
+      if step >= timed_from:  # a window of only the compiling first step has no throughput
+        tokens_per_sec = (step - timed_from + 1) * tokens_per_step / max(seconds, 1e-9)
+        record.update(tokens_per_sec=tokens_per_sec,
+                      mfu=counts['flops_per_token'] * tokens_per_sec / peak_flops)
+      progress.set_postfix(loss=f'{last_train["loss"]:.3f}',
+                           tok_s=f'{record.get("tokens_per_sec", 0):,.0f}')
       window, window_start, timed_from = None, step, step + 1
     if step % config.train.eval_every == 0 or step == config.train.num_steps:
-      last_eval = evaluate(eval_fn, state.params, config, tokenizer, task)
+      last_eval = evaluate(eval_fn, config, tokenizer, task, batch)
       record.update(last_eval)
     if record:
       writer.write(step, record)
@@ -327,7 +374,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     if step % config.train.checkpoint_every == 0 or step == config.train.num_steps:
       fail_if_not_finite(bad_step)
       save(step)
-    if stop.requested:
+    if sharding.any_process(stop.requested):
       fail_if_not_finite(bad_step)
       if step % config.train.checkpoint_every:
         save(step)
@@ -335,8 +382,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       train_iter.close()
       progress.close()
       writer.close()
-      print(f'SIGTERM at step {step}: checkpoint saved; run the same command to resume',
-            flush=True)
+      _print(f'SIGTERM at step {step}: checkpoint saved; run the same command to resume')
       sys.exit(INTERRUPTED_EXIT_CODE)
   progress.close()
   stop.restore()
@@ -351,16 +397,21 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       final_eval_loss=last_eval.get('eval_loss'), tokens=tokens, wall_seconds=wall,
       total_flops=counts['flops_per_token'] * tokens, tokens_per_sec=tokens / wall,
       **counts, **{k: v for k, v in last_eval.items() if k != 'eval_loss'})
+  if task == 'lm' and config.train.sample_tokens:  # every process runs the computation
+    summary['sample'] = _sample_text(model, par.params(state), tokenizer, config)
   if _is_main():
     viz.plot_loss_curve(metrics.read_jsonl(writer.path), os.path.join(workdir, 'loss.png'))
-    if task == 'lm' and config.train.sample_tokens:
-      text = _sample_text(model, state.params, tokenizer, config)
+    if 'sample' in summary:
       with open(os.path.join(workdir, 'sample.txt'), 'w') as f:
-        f.write(text)
-      summary['sample'] = text
+        f.write(summary['sample'])
     metrics.write_json(summary_path, summary)
-  _report(summary, workdir)
+    _report(summary, workdir)
   return summary
+
+
+def _print(line: str):
+  if _is_main():
+    print(line, flush=True)
 
 
 def _progress(start: int, total: int, enabled: bool):
@@ -394,10 +445,24 @@ def _report(summary: dict, workdir: str):
 def main(config, argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  cli.enable_compilation_cache()
   if not _WORKDIR.value:
     cli.fail('--workdir is required: the directory for checkpoints, metrics and the summary')
-  train_and_evaluate(config, _WORKDIR.value)
+  sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                  mode=_DISTRIBUTED.value, heartbeat_timeout_s=_HEARTBEAT.value)
+  cli.enable_compilation_cache()
+  try:
+    train_and_evaluate(config, _WORKDIR.value)
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    # A collective failed: another process of the job died. Exit now, without the shutdown
+    # barrier (it would wait for the dead peer, then abort).
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    print(f'error: process {jax.process_index()}: {reason}; another process of this job has '
+          f'probably stopped. Checkpoints in {_WORKDIR.value}/checkpoints are intact: start '
+          'every process again to resume', file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
 
 
 if __name__ == '__main__':
