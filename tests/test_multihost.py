@@ -47,40 +47,66 @@ def finish(processes, timeout=300):
   return [(p.returncode, out, err) for p, (out, err) in zip(processes, outputs)]
 
 
-def test_two_processes_train_like_one_process_with_eight_devices(tmp_path, data_dir):
+def saved_steps(workdir):
+  directory = workdir / 'checkpoints'
+  return [int(d) for d in os.listdir(directory) if d.isdigit()] if directory.is_dir() else []
+
+
+def test_a_two_process_job_survives_a_dead_process_and_matches_one_process(tmp_path, data_dir):
+  """Two processes train; one is killed; the other stops instead of hanging; both restart and
+  resume from the last checkpoint; the whole loss curve and the final parameters are those of
+  one process driving all 8 devices with the same global batches."""
   workdir = tmp_path / 'run'
-  results = finish(launch(workdir, data_dir, '--config.train.num_steps=6',
-                          '--config.train.checkpoint_every=6', '--config.train.eval_every=6'))
+  every = ['--config.train.checkpoint_every=4', '--config.train.eval_every=1000']
+  processes = launch(workdir, data_dir, '--config.train.num_steps=1000', *every)
+  deadline = time.time() + 240
+  while time.time() < deadline and max(saved_steps(workdir), default=0) < 4:
+    time.sleep(0.1)
+  assert saved_steps(workdir), 'no checkpoint in time'
+  processes[1].send_signal(signal.SIGKILL)
+  start = time.time()
+  (code, out, err), (killed, _, _) = finish(processes, timeout=120)  # no hang
+  assert killed == -signal.SIGKILL and time.time() - start < 90
+  # Usually a collective fails first (connection reset): our one line, exit 1. If the
+  # coordinator misses the dead peer's heartbeats first, JAX aborts the process itself.
+  if code == 1:
+    assert 'another process of this job has probably stopped' in err and 'Traceback' not in err
+  else:
+    assert code == -signal.SIGABRT and 'another task died' in err, err[-3000:]
+
+  last = max(saved_steps(workdir))
+  steps = last + 2
+  results = finish(launch(workdir, data_dir, f'--config.train.num_steps={steps}', *every))
   for i, (code, out, err) in enumerate(results):
     assert code == 0, f'process {i}: {err[-3000:]}'
-  assert 'done: 6 steps' in results[0][1] and 'done:' not in results[1][1]  # one reporter
+  assert f'resuming at step {last} of {steps}' in results[0][1]
+  assert 'done:' in results[0][1] and 'done:' not in results[1][1]  # one reporter
   assert sorted(os.listdir(workdir)) == ['checkpoints', 'config.json', 'loss.png',
                                          'metrics.jsonl', 'summary.json', 'tensorboard']
-  curve = [json.loads(line)['loss'] for line in open(workdir / 'metrics.jsonl')]
-  assert len(curve) == 6
+  records = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
+  assert [r['step'] for r in records] == list(range(1, steps + 1))  # continued, not repeated
 
   # One process, all 8 devices, the same mesh and the same global batches: each host's rows
   # (host 0's shard, then host 1's) side by side.
   config = ml_collections.ConfigDict(json.load(open(workdir / 'config.json')))
   tokenizer = pipeline.get_tokenizer(config)
-  cfg = train.check_train_config(config)
-  par, _, _ = _parallel(config, cfg)
+  par = _parallel(config, train.check_train_config(config))
   shards = [iter(pipeline.make_dataset(config, 'train', tokenizer, shard_index=i, shard_count=2))
             for i in range(2)]
   state, rng, reference = par.init(jax.random.key(config.train.seed)), None, []
   rng = jax.random.key(config.train.seed)
-  for _ in range(6):
+  for _ in range(steps):
     parts = [next(s) for s in shards]
     batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     state, metrics = par.step(state, batch, rng)
     reference.append(float(metrics['loss']))
-  np.testing.assert_allclose(curve, reference, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose([r['loss'] for r in records], reference, rtol=1e-5, atol=1e-5)
   assert reference[-1] < reference[0]
 
   ckpts = checkpoint.Checkpoints(str(workdir / 'checkpoints'))
   step, saved, data_state, _ = ckpts.restore_latest(par.abstract)
   ckpts.close()
-  assert step == 6 and len(data_state['hosts']) == 2  # each host's data position
+  assert step == steps and len(data_state['hosts']) == 2  # each host's data position
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
                jax.device_get(saved.params), jax.device_get(state.params))
 
@@ -91,41 +117,7 @@ def _parallel(config, cfg):
   task = losses.task_of_model(cfg)
   model = models.build_model(cfg)
   tx, schedule = optim.make_optimizer(config.opt, config.train.num_steps)
-  par = sharding.make_parallel(
+  return sharding.make_parallel(
       config, cfg, tx, functools.partial(train.init_state, cfg, tx),
       functools.partial(train.train_step, model=model, tx=tx, schedule=schedule, task=task),
       functools.partial(train.eval_step, model=model, task=task))
-  return par, model, task
-
-
-def test_a_dead_process_stops_the_other_and_the_job_resumes(tmp_path, data_dir):
-  workdir = tmp_path / 'run'
-  long_run = ['--config.train.num_steps=1000', '--config.train.checkpoint_every=4',
-              '--config.train.eval_every=1000']
-  processes = launch(workdir, data_dir, *long_run)
-  deadline = time.time() + 240
-  saved = lambda: [int(d) for d in os.listdir(workdir / 'checkpoints') if d.isdigit()] if (
-      workdir / 'checkpoints').is_dir() else []
-  while time.time() < deadline and max(saved(), default=0) < 8:
-    time.sleep(0.1)
-  assert max(saved(), default=0) >= 8, 'no checkpoint in time'
-  processes[1].send_signal(signal.SIGKILL)
-  start = time.time()
-  (code, out, err), (killed, _, _) = finish(processes, timeout=120)  # no hang
-  assert killed == -signal.SIGKILL
-  # Usually a collective fails first (connection reset): our one line, exit 1. If the
-  # coordinator misses the dead peer's heartbeats first, JAX aborts the process itself.
-  if code == 1:
-    assert 'another process of this job has probably stopped' in err and 'Traceback' not in err
-  else:
-    assert code == -signal.SIGABRT and 'another task died' in err, err[-3000:]
-  assert time.time() - start < 90
-
-  last = max(saved())
-  resumed = finish(launch(workdir, data_dir, f'--config.train.num_steps={last + 2}',
-                          '--config.train.checkpoint_every=4', '--config.train.eval_every=1000'))
-  for i, (code, out, err) in enumerate(resumed):
-    assert code == 0, f'process {i}: {err[-3000:]}'
-  assert f'resuming at step {last} of {last + 2}' in resumed[0][1]
-  steps = [json.loads(line)['step'] for line in open(workdir / 'metrics.jsonl')]
-  assert steps == list(range(1, last + 3))  # the log continues where the checkpoint was

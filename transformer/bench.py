@@ -88,45 +88,53 @@ def random_batch(cfg, task: str, batch_size: int, seq_len: int, seed: int = 0) -
   return dict(batch, segment_ids=ones, positions=positions)
 
 
-def run_bench(config) -> dict:
-  from transformer import train
+def run_bench(config, devices: list | None = None) -> dict:
+  """Times the train step of `config` on its mesh (`mesh.*`, `parallel`) over `devices`."""
+  from transformer import sharding, train
   cfg = train.check_train_config(config)
   task = losses.task_of_model(cfg)
   B, T = config.data.batch_size, config.data.seq_len
   model = models.build_model(cfg)
   tx, schedule = optim.make_optimizer(config.opt, config.train.num_steps)
-  step_fn = jax.jit(functools.partial(
-      train.train_step, model=model, tx=tx, schedule=schedule, task=task,
-      label_smoothing=config.train.label_smoothing, accum_steps=config.train.grad_accum_steps),
-      donate_argnums=0)
-  state = jax.jit(train.init_state, static_argnums=(0, 1))(cfg, tx, jax.random.key(0))
-  batch = jax.tree.map(jnp.asarray, random_batch(cfg, task, B, T))
+  par = sharding.make_parallel(
+      config, cfg, tx, functools.partial(train.init_state, cfg, tx),
+      functools.partial(train.train_step, model=model, tx=tx, schedule=schedule, task=task,
+                        label_smoothing=config.train.label_smoothing,
+                        accum_steps=config.train.grad_accum_steps),
+      functools.partial(train.eval_step, model=model, task=task), devices)
+  state = par.init(jax.random.key(0))
+  batch = random_batch(cfg, task, B, T)
   rng = jax.random.key(1)
 
+  # The first step compiles; compile_s is its time less a steady step's. Steps include putting
+  # the host batch on the devices, as in training.
   start = time.perf_counter()
-  compiled = step_fn.lower(state, batch, rng).compile()
-  compile_s = time.perf_counter() - start
+  state, metrics = par.step(state, batch, rng)
+  jax.block_until_ready(metrics)
+  first_s = time.perf_counter() - start
   for _ in range(_WARMUP.value):
-    state, metrics = compiled(state, batch, rng)
+    state, metrics = par.step(state, batch, rng)
   jax.block_until_ready(metrics)
   window_ms = []
   for _ in range(_WINDOWS.value):
     start = time.perf_counter()
     for _ in range(_STEPS.value):
-      state, metrics = compiled(state, batch, rng)
+      state, metrics = par.step(state, batch, rng)
     jax.block_until_ready(metrics)
     window_ms.append(1000 * (time.perf_counter() - start) / _STEPS.value)
   step_ms = statistics.median(window_ms)
   counts = scaling.summarize(cfg, T)
   tokens_per_sec = B * T / (step_ms / 1000)
-  peak = peak_flops()
+  devices = list(par.mesh.devices.flat)
+  peak = mesh_peak_flops(devices)
   return dict(
       tokens_per_sec=tokens_per_sec, step_ms=step_ms, step_ms_min=min(window_ms),
-      step_ms_max=max(window_ms), compile_s=compile_s, params=counts['params'],
-      params_non_embedding=counts['params_non_embedding'],
+      step_ms_max=max(window_ms), compile_s=max(first_s - step_ms / 1000, 0.0),
+      params=counts['params'], params_non_embedding=counts['params_non_embedding'],
       flops_per_token=counts['flops_per_token'],
       mfu=counts['flops_per_token'] * tokens_per_sec / peak, peak_flops=peak,
-      device=jax.devices()[0].device_kind, platform=jax.devices()[0].platform,
+      device=devices[0].device_kind, platform=devices[0].platform, num_devices=len(devices),
+      parallel=par.kind, mesh=dict(zip(par.mesh.axis_names, par.mesh.devices.shape)),
       batch_size=B, seq_len=T, family=cfg.family, task=task, dtype=cfg.dtype)
 
 
@@ -138,8 +146,10 @@ def main(config, argv):
   if _JSON.value:
     print(json.dumps(result))
     return
+  mesh = ' x '.join(f'{k} {v}' for k, v in result['mesh'].items())
   print(f'{result["family"]} ({result["task"]}), batch {result["batch_size"]} x '
-        f'{result["seq_len"]}, {result["params"]:,} parameters, on {result["device"]}')
+        f'{result["seq_len"]}, {result["params"]:,} parameters, on {result["num_devices"]} '
+        f'{result["device"]} ({result["parallel"]}: {mesh})')
   print(f'step {result["step_ms"]:.1f} ms (median of {_WINDOWS.value} windows of '
         f'{_STEPS.value}; {result["step_ms_min"]:.1f}-{result["step_ms_max"]:.1f}), '
         f'compile {result["compile_s"]:.1f} s')
