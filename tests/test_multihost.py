@@ -13,7 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from transformer import checkpoint, sharding, train
+from transformer import checkpoint, losses, train
 from transformer.data import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,10 +90,11 @@ def test_a_two_process_job_survives_a_dead_process_and_matches_one_process(tmp_p
   # (host 0's shard, then host 1's) side by side.
   config = ml_collections.ConfigDict(json.load(open(workdir / 'config.json')))
   tokenizer = pipeline.get_tokenizer(config)
-  par = _parallel(config, train.check_train_config(config))
+  cfg = train.check_train_config(config)
+  par, _ = train.make_parallel(config, cfg, losses.task_of_model(cfg))
   shards = [iter(pipeline.make_dataset(config, 'train', tokenizer, shard_index=i, shard_count=2))
             for i in range(2)]
-  state, rng, reference = par.init(jax.random.key(config.train.seed)), None, []
+  state, reference = par.init(jax.random.key(config.train.seed)), []
   rng = jax.random.key(config.train.seed)
   for _ in range(steps):
     parts = [next(s) for s in shards]
@@ -109,15 +110,3 @@ def test_a_two_process_job_survives_a_dead_process_and_matches_one_process(tmp_p
   assert step == steps and len(data_state['hosts']) == 2  # each host's data position
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
                jax.device_get(saved.params), jax.device_get(state.params))
-
-
-def _parallel(config, cfg):
-  import functools
-  from transformer import losses, models, optim
-  task = losses.task_of_model(cfg)
-  model = models.build_model(cfg)
-  tx, schedule = optim.make_optimizer(config.opt, config.train.num_steps)
-  return sharding.make_parallel(
-      config, cfg, tx, functools.partial(train.init_state, cfg, tx),
-      functools.partial(train.train_step, model=model, tx=tx, schedule=schedule, task=task),
-      functools.partial(train.eval_step, model=model, task=task))

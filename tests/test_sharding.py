@@ -33,12 +33,7 @@ def small(family='decoder_only', parallel='jit', mesh=(-1, 1, 1), **model):
 def parallel_of(config, devices=None):
   cfg = ModelConfig.from_config(config)
   task = losses.task_of_model(cfg)
-  model = models.build_model(cfg)
-  tx, schedule = optim.make_optimizer(config.opt, config.train.num_steps)
-  par = sharding.make_parallel(
-      config, cfg, tx, functools.partial(train.init_state, cfg, tx),
-      functools.partial(train.train_step, model=model, tx=tx, schedule=schedule, task=task),
-      functools.partial(train.eval_step, model=model, task=task), devices)
+  par, _ = train.make_parallel(config, cfg, task, devices)
   return par, cfg, task
 
 
@@ -81,6 +76,7 @@ def test_mesh_shape_fills_the_free_axis(mesh, devices, expected):
     (dict(parallel='pjit'), 8, "parallel='pjit' is invalid"),
 ])
 def test_bad_meshes_are_named(change, devices, message):
+  change = dict(change)
   batch_size = change.pop('batch_size', None)
   config = small(**change)
   if batch_size:

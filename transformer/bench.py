@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from transformer import cli, losses, models, optim, scaling
+from transformer import cli, losses, scaling
 
 _JSON = flags.DEFINE_bool('json', False, 'print one JSON object')
 _WINDOWS = flags.DEFINE_integer('windows', 5, 'timed windows (the median is reported)')
@@ -90,18 +90,11 @@ def random_batch(cfg, task: str, batch_size: int, seq_len: int, seed: int = 0) -
 
 def run_bench(config, devices: list | None = None) -> dict:
   """Times the train step of `config` on its mesh (`mesh.*`, `parallel`) over `devices`."""
-  from transformer import sharding, train
+  from transformer import train
   cfg = train.check_train_config(config)
   task = losses.task_of_model(cfg)
   B, T = config.data.batch_size, config.data.seq_len
-  model = models.build_model(cfg)
-  tx, schedule = optim.make_optimizer(config.opt, config.train.num_steps)
-  par = sharding.make_parallel(
-      config, cfg, tx, functools.partial(train.init_state, cfg, tx),
-      functools.partial(train.train_step, model=model, tx=tx, schedule=schedule, task=task,
-                        label_smoothing=config.train.label_smoothing,
-                        accum_steps=config.train.grad_accum_steps),
-      functools.partial(train.eval_step, model=model, task=task), devices)
+  par, _ = train.make_parallel(config, cfg, task, devices)
   state = par.init(jax.random.key(0))
   batch = random_batch(cfg, task, B, T)
   rng = jax.random.key(1)

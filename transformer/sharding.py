@@ -326,8 +326,8 @@ def initialize_distributed(coordinator_address: str | None = None,
     return
   explicit = coordinator_address is not None or num_processes is not None
   slurm = int(os.environ.get('SLURM_NTASKS', '1')) > 1 and 'SLURM_JOB_ID' in os.environ
-  tpu_vm = os.path.exists('/dev/accel0') or os.path.isdir('/dev/vfio') and any(
-      name.isdigit() for name in os.listdir('/dev/vfio'))
+  tpu_vm = os.path.exists('/dev/accel0') or (os.path.isdir('/dev/vfio') and any(
+      name.isdigit() for name in os.listdir('/dev/vfio')))
   if not (explicit or slurm or tpu_vm or mode == 'on'):
     return
   if explicit and (coordinator_address is None or num_processes is None or process_id is None):

@@ -171,6 +171,20 @@ def check_checkpoint_matches(ckpts, abstract: TrainState, workdir: str):
                       f'parameters differ from this config\'s); use another --workdir')
 
 
+def make_parallel(config: Any, cfg: ModelConfig, task: str, devices: list | None = None
+                  ) -> tuple[sharding.Parallel, nn.Module]:
+  """(parallel, model): the train and eval steps of `config`, placed on its mesh."""
+  model = models.build_model(cfg)
+  tx, schedule = optim.make_optimizer(config.opt, config.train.num_steps)
+  par = sharding.make_parallel(
+      config, cfg, tx, functools.partial(init_state, cfg, tx),
+      functools.partial(train_step, model=model, tx=tx, schedule=schedule, task=task,
+                        label_smoothing=config.train.label_smoothing,
+                        accum_steps=config.train.grad_accum_steps),
+      functools.partial(eval_step, model=model, task=task), devices)
+  return par, model
+
+
 # --- the loop ------------------------------------------------------------------------------------
 
 
@@ -248,14 +262,7 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
   tokenizer = pipeline.get_tokenizer(config)
   pipeline.apply_vocab(config, tokenizer)
   cfg = check_train_config(config)
-  model = models.build_model(cfg)
-  tx, schedule = optim.make_optimizer(config.opt, config.train.num_steps)
-  par = sharding.make_parallel(
-      config, cfg, tx, functools.partial(init_state, cfg, tx),
-      functools.partial(train_step, model=model, tx=tx, schedule=schedule, task=task,
-                        label_smoothing=config.train.label_smoothing,
-                        accum_steps=config.train.grad_accum_steps),
-      functools.partial(eval_step, model=model, task=task), devices)
+  par, model = make_parallel(config, cfg, task, devices)
   seed = config.train.seed
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'),
                                  keep=config.train.keep_checkpoints)
@@ -269,11 +276,10 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
   train_iter = iter(pipeline.make_dataset(config, 'train', tokenizer))
   if restored:
     start, saved_state, data_state, meta = restored
+    host_state = _host_data_state(data_state, workdir, start)
     try:
-      train_iter.set_state(_host_data_state(data_state, workdir, start))
+      train_iter.set_state(host_state)
     except (KeyError, ValueError, TypeError, IndexError) as e:
-      if isinstance(e, ConfigError):
-        raise
       raise ConfigError(
           f'--workdir={workdir}: the data position saved at step {start} does not fit this data '
           f'pipeline ({type(e).__name__}: {e}); was data.dataset, data.pack or '
@@ -339,7 +345,6 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
   timed_from, window_time = start + 1, time.perf_counter()  # the first step compiles: untimed
   last_train, last_eval = {}, {}
   progress = _progress(start, config.train.num_steps, enabled=_is_main())
-  eval_fn = lambda batch: par.eval(state, batch)
   step = start
   for step in range(start + 1, config.train.num_steps + 1):
     batch = next(train_iter)
@@ -365,7 +370,7 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
                            tok_s=f'{record.get("tokens_per_sec", 0):,.0f}')
       window, window_start, timed_from = None, step, step + 1
     if step % config.train.eval_every == 0 or step == config.train.num_steps:
-      last_eval = evaluate(eval_fn, config, tokenizer, task, batch)
+      last_eval = evaluate(lambda b: par.eval(state, b), config, tokenizer, task, batch)
       record.update(last_eval)
     if record:
       writer.write(step, record)
@@ -374,7 +379,10 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
     if step % config.train.checkpoint_every == 0 or step == config.train.num_steps:
       fail_if_not_finite(bad_step)
       save(step)
-    if sharding.any_process(stop.requested):
+    # Processes agree on when to stop; with several, only at log steps: agreeing is a collective,
+    # and one per step would hold the host until the device finishes each step.
+    if ((jax.process_count() == 1 or step % config.train.log_every == 0)
+        and sharding.any_process(stop.requested)):
       fail_if_not_finite(bad_step)
       if step % config.train.checkpoint_every:
         save(step)
