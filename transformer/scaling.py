@@ -33,6 +33,7 @@ Scaling laws (N: non-embedding parameters, C: a run's training FLOPs `total_flop
 import collections
 import csv
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -65,10 +66,17 @@ def param_rows(cfg: ModelConfig) -> list[dict[str, Any]]:
 
 
 def param_counts(cfg: ModelConfig) -> dict[str, int]:
+  """Total, embedding and non-embedding parameters (a sweep asks for each config repeatedly)."""
+  return dict(_param_counts(cfg))
+
+
+@functools.lru_cache(maxsize=512)
+def _param_counts(cfg: ModelConfig) -> tuple[tuple[str, int], ...]:
   rows = param_rows(cfg)
   total = sum(r['count'] for r in rows)
   embedding = sum(r['count'] for r in rows if r['is_embedding'])
-  return dict(params=total, params_embedding=embedding, params_non_embedding=total - embedding)
+  return (('params', total), ('params_embedding', embedding),
+          ('params_non_embedding', total - embedding))
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int, params_non_embedding: int | None = None) -> int:

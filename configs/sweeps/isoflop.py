@@ -1,0 +1,39 @@
+"""IsoFLOP profiles (Hoffmann et al. 2022, approach 2): several model sizes at each of a few
+compute budgets; each point trains for exactly its budget's FLOPs (steps derived from it).
+
+  python -m transformer.sweep --config=configs/sweeps/isoflop.py --workdir=runs/sweeps/isoflop
+  python -m transformer.scaling runs/sweeps/isoflop  # N_opt(C), D_opt(C), the IsoFLOP curves
+
+The loss over log N at a fixed budget is roughly a parabola; its minimum is the compute-optimal
+size N_opt(C), and D_opt(C) = C / FLOPs per token. Hoffmann et al. find N_opt and D_opt both
+~ C^0.5 (~20 tokens per parameter). Budgets 0.4, 0.8 and 1.6 TFLOP x 5 sizes (25k to 340k
+non-embedding parameters): 15 points, about 15 minutes on 2 CPU cores. `:gpu`: budgets 1e16 to
+1e18 FLOPs with sizes from 1M to 100M parameters.
+"""
+
+from transformer import studies, sweep
+
+BUDGETS = {'cpu': [4e11, 8e11, 1.6e12], 'gpu': [1e16, 1e17, 1e18]}
+SIZES = {  # (num_layers, d_model)
+    'cpu': [(2, 32), (2, 48), (2, 64), (3, 64), (3, 96)],
+    'gpu': [(4, 128), (4, 256), (6, 384), (8, 512), (12, 768), (16, 1024)],
+}
+
+
+def get_config(arg=None):
+  return studies.base(arg)
+
+
+def get_sweep(arg=None):
+  scale = studies.check_scale(arg)
+  layers, widths = zip(*SIZES[scale])
+  return sweep.Sweep(
+      grid=sweep.product(sweep.axis('sweep.flops_budget', BUDGETS[scale]),
+                         sweep.zipit(sweep.axis('model.num_layers', layers),
+                                     sweep.axis('model.d_model', widths))),
+      derived={'model.d_ff': studies.ffn_4x,
+               'model.num_heads': studies.heads_of_size(16 if scale == 'cpu' else 64),
+               'train.num_steps': lambda c: sweep.steps_for_flops(c, c.sweep.flops_budget),
+               'opt.warmup_steps': studies.warmup_fraction(0.05),
+               'train.eval_every': studies.eval_at_end,
+               'train.checkpoint_every': studies.eval_at_end})
