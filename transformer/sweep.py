@@ -320,13 +320,14 @@ def print_plan(points: list[Point], workdir: str | None):
   """The dry run: every point with its values, parameters and FLOPs (no compile)."""
   from transformer.scaling import format_count as fmt
   print(f'{len(points)} points')
-  header = f"{'id':<44}{'params':>9}{'non-emb':>9}{'FLOPs/tok':>11}{'tokens':>9}{'FLOPs':>9}"
+  w = max(len(p.id) for p in points) + 2
+  header = f"{'id':<{w}}{'params':>9}{'non-emb':>9}{'FLOPs/tok':>11}{'tokens':>9}{'FLOPs':>9}"
   print(header + ('  status' if workdir else '') + '  values')
   for p in points:
     i = p.info
     status = f'  {point_status(p, workdir)[0]:<11}' if workdir else ''
     values = ' '.join(f'{k}={_format_value(v)}' for k, v in p.values.items())
-    print(f'{p.id:<44}{fmt(i["params"]):>9}{fmt(i["params_non_embedding"]):>9}'
+    print(f'{p.id:<{w}}{fmt(i["params"]):>9}{fmt(i["params_non_embedding"]):>9}'
           f'{fmt(i["flops_per_token"]):>11}{fmt(i["tokens"]):>9}{fmt(i["total_flops"]):>9}'
           f'{status}  {values}')
   total = sum(p.info['total_flops'] for p in points)
@@ -436,17 +437,23 @@ def run_sweep(config, config_arg: str, sweep: Sweep, workdir: str, cli_overrides
     for process in list(_RUNNING):  # each saves a checkpoint and exits 143
       process.send_signal(signal.SIGTERM)
 
-  previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-  try:
-    if launcher == 'local':
+  if launcher == 'local':
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
       _launch_local(jobs, parallel, done, interrupted)
-    else:
-      cluster = 'local' if launcher == 'submitit_local' else 'slurm'
+    finally:
+      for s, handler in previous.items():
+        signal.signal(s, handler)
+  else:
+    cluster = 'local' if launcher == 'submitit_local' else 'slurm'
+    try:
       _launch_submitit(jobs, cluster, os.path.join(workdir, '.submitit'),
                        submitit_parameters or {}, parallel, done)
-  finally:
-    for s, handler in previous.items():
-      signal.signal(s, handler)
+    except KeyboardInterrupt:  # the jobs are the scheduler's: they go on without us
+      interrupted.append(signal.SIGINT)
+      print('stopped waiting: the submitted jobs go on. Relaunch this command once they have '
+            'ended (squeue) to collect results.csv; relaunching earlier would start the '
+            'running points twice', flush=True)
   path = write_results(points, workdir, fields)
   statuses = [point_status(p, workdir)[0] for p in points]
   counts = {s: statuses.count(s) for s in dict.fromkeys(statuses)}

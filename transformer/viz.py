@@ -50,8 +50,8 @@ def _save(fig, ax, path: str):
 def _plain_log_ticks(axis):
   """Tick labels as plain numbers on a log axis spanning less than a decade (losses)."""
   from matplotlib import ticker
-  axis.set_major_formatter(ticker.ScalarFormatter())
-  axis.set_minor_formatter(ticker.FormatStrFormatter('%.2g'))
+  axis.set_major_formatter(ticker.FormatStrFormatter('%.3g'))
+  axis.set_minor_formatter(ticker.FormatStrFormatter('%.3g'))
 
 
 def plot_power_law(x, loss, curves, path: str, *, xlabel: str, ylabel: str, title: str,
