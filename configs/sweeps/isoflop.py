@@ -6,8 +6,10 @@ compute budgets; each point trains for exactly its budget's FLOPs (steps derived
 
 The loss over log N at a fixed budget is roughly a parabola; its minimum is the compute-optimal
 size N_opt(C), and D_opt(C) = C / FLOPs per token. Hoffmann et al. find N_opt and D_opt both
-~ C^0.5 (~20 tokens per parameter). Budgets 0.4, 0.8 and 1.6 TFLOP x 5 sizes (25k to 340k
-non-embedding parameters): 15 points, about 15 minutes on 2 CPU cores. `:gpu`: budgets 1e16 to
+~ C^0.5 (~20 tokens per parameter). Budgets 0.4, 0.8 and 1.6 TFLOP x 6 sizes (6.7k to 340k
+non-embedding parameters): 18 points, about 20 minutes on 2 CPU cores. At these budgets the
+attention and output layers cost more FLOPs per token than the blocks' parameters (12LdT and
+6Vd against 6N), so the optimum sits at very small N (experiments/scaling/README.md). `:gpu`: budgets 1e16 to
 1e18 FLOPs with sizes from 1M to 100M parameters.
 """
 
@@ -15,7 +17,7 @@ from transformer import studies, sweep
 
 BUDGETS = {'cpu': [4e11, 8e11, 1.6e12], 'gpu': [1e16, 1e17, 1e18]}
 SIZES = {  # (num_layers, d_model)
-    'cpu': [(2, 32), (2, 48), (2, 64), (3, 64), (3, 96)],
+    'cpu': [(2, 16), (2, 32), (2, 48), (2, 64), (3, 64), (3, 96)],
     'gpu': [(4, 128), (4, 256), (6, 384), (8, 512), (12, 768), (16, 1024)],
 }
 
