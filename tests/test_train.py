@@ -107,7 +107,7 @@ def tiny(family='decoder_only', **model):
 def step_function(config, accum_steps=1):
   cfg = ModelConfig.from_config(config)
   task = losses.task_of_model(cfg)
-  tx, schedule = optim.make_optimizer(config.opt, config.train.num_steps)
+  tx, schedule = optim.make_optimizer(config.opt, config.train.num_steps, cfg)
   fn = jax.jit(functools.partial(train.train_step, model=models.build_model(cfg), tx=tx,
                                  schedule=schedule, task=task, accum_steps=accum_steps))
   state = train.init_state(cfg, tx, jax.random.key(0))
@@ -205,7 +205,7 @@ def train_command(workdir, data_dir, *args):
 def restored_params(workdir, config_steps=24):
   config = presets.get_config('decoder_only', 'tiny')
   cfg = ModelConfig.from_config(config)
-  tx, _ = optim.make_optimizer(config.opt, config_steps)
+  tx, _ = optim.make_optimizer(config.opt, config_steps, cfg)
   abstract = jax.eval_shape(functools.partial(train.init_state, cfg, tx), jax.random.key(0))
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'))
   step, state, _, _ = ckpts.restore_latest(abstract)

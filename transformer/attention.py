@@ -55,8 +55,9 @@ def _grouped(x: jax.Array | None, K: int, G: int) -> jax.Array | None:
 
 def attention_weights(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, *,
                       mask: jax.Array | None = None, bias: jax.Array | None = None,
-                      is_causal: bool = False) -> jax.Array:
-  """softmax(Q K^T / sqrt(H) + bias) over keys, in float32, as (B, N, T, S).
+                      is_causal: bool = False, scale: float | None = None) -> jax.Array:
+  """softmax(scale Q K^T + bias) over keys, in float32, as (B, N, T, S); scale defaults to
+  1 / sqrt(H).
 
   Masked entries get weight 0; a query with no visible key gets a row of zeros (never NaN).
   """
@@ -68,7 +69,7 @@ def attention_weights(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, *,
   q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, G, H)
   logits_BxKxGxTxS = jnp.einsum('BTKGH,BSKH->BKGTS', q_BxTxKxGxH, k_BxSxKxH,
                                 preferred_element_type=jnp.float32)
-  logits_BxKxGxTxS = logits_BxKxGxTxS * (H ** -0.5)
+  logits_BxKxGxTxS = logits_BxKxGxTxS * (H ** -0.5 if scale is None else scale)
   if bias is not None:
     logits_BxKxGxTxS = logits_BxKxGxTxS + _grouped(bias, K, G).astype(jnp.float32)
   if mask is not None:
@@ -83,9 +84,10 @@ def attention_weights(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, *,
 def dot_product_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array, *,
                           mask: jax.Array | None = None, bias: jax.Array | None = None,
                           is_causal: bool = False, impl: str = 'einsum',
-                          dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None
-                          ) -> jax.Array:
-  """softmax(Q K^T / sqrt(H) + bias) V, returned as (B, T, N, H) in the dtype of V.
+                          dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None,
+                          scale: float | None = None) -> jax.Array:
+  """softmax(scale Q K^T + bias) V, returned as (B, T, N, H) in the dtype of V; scale defaults
+  to 1 / sqrt(H).
 
   impl='einsum' is the plain path (and the only one with attention dropout); 'xla' and
   'cudnn' call `jax.nn.dot_product_attention` (cuDNN flash attention on GPU). All paths give
@@ -95,7 +97,7 @@ def dot_product_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH:
   S, K = k_BxSxKxH.shape[1], k_BxSxKxH.shape[2]
   if impl == 'einsum':
     weights_BxNxTxS = attention_weights(q_BxTxNxH, k_BxSxKxH, mask=mask, bias=bias,
-                                        is_causal=is_causal)
+                                        is_causal=is_causal, scale=scale)
     if dropout_rate > 0.0 and dropout_rng is not None:
       keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights_BxNxTxS.shape)
       weights_BxNxTxS = jnp.where(keep, weights_BxNxTxS / (1.0 - dropout_rate), 0.0)
@@ -110,7 +112,7 @@ def dot_product_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH:
   if is_causal and T != S:  # jax aligns a rectangular causal mask differently: make it explicit
     mask, is_causal = combine_masks(mask, causal_mask(T, S)), False
   out_BxTxNxH = jax.nn.dot_product_attention(
-      q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, bias=bias, mask=mask, is_causal=is_causal,
+      q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, bias=bias, mask=mask, scale=scale, is_causal=is_causal,
       implementation=impl)
   if mask is not None:  # jax averages V over a fully masked row; we return zeros there
     visible = combine_masks(mask, causal_mask(T, S) if is_causal else None)
@@ -141,6 +143,7 @@ class MultiHeadAttention(nn.Module):
   impl: str = 'einsum'
   init_std: float = 0.02
   out_init_std: float | None = None  # None: init_std
+  logit_scale: float | None = None  # multiplies Q K^T; None: 1 / sqrt(head_dim)
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
 
@@ -187,12 +190,13 @@ class MultiHeadAttention(nn.Module):
       dropout_rng = self.make_rng('dropout')
     impl = self.impl
     if self.is_mutable_collection('intermediates'):
-      weights = attention_weights(q, k, mask=mask, bias=bias, is_causal=is_causal)
+      weights = attention_weights(q, k, mask=mask, bias=bias, is_causal=is_causal,
+                                  scale=self.logit_scale)
       self.sow('intermediates', 'attention_weights', weights)
       impl = 'einsum'
     out_BxTxNxH = dot_product_attention(q, k, v, mask=mask, bias=bias, is_causal=is_causal,
                                         impl=impl, dropout_rate=self.dropout_rate,
-                                        dropout_rng=dropout_rng)
+                                        dropout_rng=dropout_rng, scale=self.logit_scale)
     out_std = self.init_std if self.out_init_std is None else self.out_init_std
     return self._project('out', out_BxTxNxH, (N, H, D), 'BTNH,NHD->BTD',
                          ('heads', 'head_dim', 'embed'), ('embed',), out_std)

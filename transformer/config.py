@@ -21,6 +21,7 @@ NORMS = ('layernorm', 'rmsnorm')
 POOLINGS = ('first', 'mean')
 ATTENTION_IMPLS = ('einsum', 'xla', 'cudnn')
 DTYPES = ('float32', 'bfloat16', 'float16')
+PARAMETRIZATIONS = ('sp', 'mup')
 
 
 class ConfigError(ValueError):
@@ -59,6 +60,8 @@ class ModelConfig:
   share_embeddings: bool = True
   scale_embeddings: bool = False
   init_std: float = 0.02
+  parametrization: str = 'sp'
+  mup_base_d_model: int = 128
   attention_impl: str = 'einsum'
   scan_layers: bool = False
   remat: bool = False
@@ -76,6 +79,13 @@ class ModelConfig:
   @property
   def head_dim(self) -> int:
     return self.d_model // self.num_heads
+
+  @property
+  def width_mult(self) -> float:
+    """muP's width multiplier m = d_model / mup_base_d_model; 1 under SP."""
+    if self.parametrization == 'mup':
+      return self.d_model / self.mup_base_d_model
+    return 1.0
 
   @classmethod
   def from_config(cls, config: Any) -> 'ModelConfig':
@@ -122,10 +132,11 @@ def _check_values(cfg: ModelConfig):
   one_of('head', HEADS[cfg.family])
   for name, allowed in (('position', POSITIONS), ('activation', ACTIVATIONS), ('norm', NORMS),
                         ('pooling', POOLINGS), ('attention_impl', ATTENTION_IMPLS),
-                        ('dtype', DTYPES), ('param_dtype', DTYPES)):
+                        ('dtype', DTYPES), ('param_dtype', DTYPES),
+                        ('parametrization', PARAMETRIZATIONS)):
     one_of(name, allowed)
   for name in ('vocab_size', 'max_len', 'num_layers', 'num_decoder_layers', 'd_model',
-               'num_heads', 'num_kv_heads', 'd_ff', 'num_classes'):
+               'num_heads', 'num_kv_heads', 'd_ff', 'num_classes', 'mup_base_d_model'):
     if getattr(cfg, name) <= 0:
       _fail(name, getattr(cfg, name), 'must be a positive integer')
   if cfg.type_vocab_size < 0:
@@ -141,6 +152,10 @@ def _check_values(cfg: ModelConfig):
   if cfg.num_heads % cfg.num_kv_heads:
     _fail('num_heads', cfg.num_heads,
           f'must be divisible by model.num_kv_heads={cfg.num_kv_heads}')
+  if cfg.parametrization == 'mup' and cfg.mup_base_d_model % cfg.num_heads:
+    _fail('mup_base_d_model', cfg.mup_base_d_model,
+          f'must be divisible by model.num_heads={cfg.num_heads} (the muP base model has the '
+          'same heads, with a smaller head size)')
   if cfg.position == 'sinusoidal' and cfg.d_model % 2:
     _fail('d_model', cfg.d_model, "must be even for model.position='sinusoidal'")
   if cfg.position == 'rope' and cfg.head_dim % 2:

@@ -2,6 +2,10 @@
 
 A sublayer f is wrapped as in the original paper (post-LN: norm(x + dropout(f(x)))) or as in
 GPT-2 and most later models (pre-LN: x + dropout(f(norm(x)))); `ModelConfig.pre_norm` picks.
+
+With `parametrization='mup'` the hidden matrices (attention q/k/v/out, feed-forward wi/wo)
+start smaller by 1/sqrt(m) and attention logits are divided by the head size instead of its
+square root (Yang et al. 2022, Table 3); at m = d_model / mup_base_d_model = 1 both are SP's.
 """
 
 import math
@@ -29,6 +33,24 @@ def dtypes(cfg: ModelConfig) -> dict:
 def out_init_std(cfg: ModelConfig, num_layers: int) -> float:
   """Residual-branch output projections start smaller by 1/sqrt(2L), as in GPT-2."""
   return cfg.init_std / math.sqrt(2 * num_layers)
+
+
+def hidden_init_std(cfg: ModelConfig, std: float) -> float:
+  """muP: a hidden matrix (fan-in grows with width) starts at std / sqrt(m), variance ~ 1/fan_in.
+  SP: std."""
+  if cfg.parametrization == 'mup':
+    return std / math.sqrt(cfg.width_mult)
+  return std
+
+
+def attention_logit_scale(cfg: ModelConfig) -> float | None:
+  """What multiplies Q K^T. SP: None (1 / sqrt(H)). muP: 1 / H, times sqrt(H0) so that m = 1
+  is SP exactly: scale = H^-1/2 * sqrt(H0 / H) = sqrt(H0) / H, with H = d_model / num_heads and
+  H0 = mup_base_d_model / num_heads, the head size of the base model (same number of heads)."""
+  if cfg.parametrization != 'mup':
+    return None
+  H, H0 = cfg.head_dim, cfg.mup_base_d_model / cfg.num_heads
+  return H ** -0.5 * math.sqrt(H0 / H)
 
 
 def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
@@ -78,15 +100,18 @@ def attention(cfg: ModelConfig, num_layers: int, name: str, position: str) -> Mu
   return MultiHeadAttention(
       num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
       position=position, rope_base=cfg.rope_base, use_bias=cfg.use_bias,
-      dropout_rate=cfg.attention_dropout, impl=cfg.attention_impl, init_std=cfg.init_std,
-      out_init_std=out_init_std(cfg, num_layers), **dtypes(cfg),
+      dropout_rate=cfg.attention_dropout, impl=cfg.attention_impl,
+      init_std=hidden_init_std(cfg, cfg.init_std),
+      out_init_std=hidden_init_std(cfg, out_init_std(cfg, num_layers)),
+      logit_scale=attention_logit_scale(cfg), **dtypes(cfg),
       name=name)
 
 
 def feed_forward(cfg: ModelConfig, num_layers: int) -> FeedForward:
   return FeedForward(
-      d_ff=cfg.d_ff, activation=cfg.activation, use_bias=cfg.use_bias, init_std=cfg.init_std,
-      out_init_std=out_init_std(cfg, num_layers), **dtypes(cfg),
+      d_ff=cfg.d_ff, activation=cfg.activation, use_bias=cfg.use_bias,
+      init_std=hidden_init_std(cfg, cfg.init_std),
+      out_init_std=hidden_init_std(cfg, out_init_std(cfg, num_layers)), **dtypes(cfg),
       name='mlp')
 
 

@@ -9,6 +9,10 @@ Inputs are integer tokens (B, T). `segment_ids` (B, T) mark padding (0) and pack
 vocabulary (e.g. a padding id of -1) are clipped, never NaN. `positions` (B, T) default to the
 index within each segment. Logits are computed in float32 whatever the compute dtype.
 Pass `train=True` for dropout (then an rng named 'dropout' is needed).
+
+muP (`parametrization='mup'`, Yang et al. 2022): output logits (LM and classifier) are
+multiplied by 1/m, m = d_model / mup_base_d_model; embeddings keep their init (a scaled
+embedding uses the base width's sqrt(d)); the hidden matrices' rules live in layers.py.
 """
 
 import math
@@ -40,6 +44,20 @@ def attention_mask(q_segment_ids_BxT: jax.Array | None,
   return attention.segment_mask(q_segment_ids_BxT, kv_segment_ids_BxS)
 
 
+def embedding_scale_width(cfg: ModelConfig) -> int:
+  """The d of scaled embeddings (x * sqrt(d), table std d^-1/2): d_model, or under muP the
+  base width, so that embeddings and their updates do not grow with width."""
+  return cfg.mup_base_d_model if cfg.parametrization == 'mup' else cfg.d_model
+
+
+def readout(cfg: ModelConfig, x: jax.Array) -> jax.Array:
+  """muP's output multiplier 1/m, on an output layer's logits before the bias (or on its input:
+  the same); SP: x unchanged."""
+  if cfg.parametrization == 'mup':
+    return x / cfg.width_mult
+  return x
+
+
 class Embedder(nn.Module):
   """Token (+ token-type) embeddings with sinusoidal or learned positions; the tied output."""
 
@@ -48,7 +66,7 @@ class Embedder(nn.Module):
   def setup(self):
     cfg = self.cfg
     # With scaled embeddings (the paper's x * sqrt(d)), start at std d^-1/2 so inputs are O(1).
-    std = cfg.d_model ** -0.5 if cfg.scale_embeddings else cfg.init_std
+    std = embedding_scale_width(cfg) ** -0.5 if cfg.scale_embeddings else cfg.init_std
     self.embedding = self.param(
         'embedding', nn.with_logical_partitioning(nn.initializers.normal(std), ('vocab', 'embed')),
         (cfg.vocab_size, cfg.d_model), jnp.dtype(cfg.param_dtype))
@@ -72,7 +90,7 @@ class Embedder(nn.Module):
     table = nn.with_logical_constraint(self.embedding, ('vocab', None))
     x_BxTxD = jnp.take(table, tokens_BxT, axis=0, mode='clip')
     if cfg.scale_embeddings:
-      x_BxTxD = x_BxTxD * math.sqrt(cfg.d_model)
+      x_BxTxD = x_BxTxD * math.sqrt(embedding_scale_width(cfg))
     if cfg.position == 'sinusoidal':
       x_BxTxD = x_BxTxD + positional.sinusoidal(positions_BxT, cfg.d_model)
     elif cfg.position == 'learned':
@@ -108,6 +126,9 @@ class Unembed(nn.Module):
     else:
       logits_BxTxV = jnp.einsum('BTD,VD->BTV', x_BxTxD.astype(dtype), tied_table_VxD.astype(dtype),
                                 preferred_element_type=jnp.float32)
+    # muP: the readout is divided by m. An untied kernel keeps its init_std (no zero init):
+    # then m = 1 is SP exactly, and its share of the initial logits still shrinks as m^-1/2.
+    logits_BxTxV = readout(cfg, logits_BxTxV)
     if self.use_bias:
       bias_V = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)),
                           (cfg.vocab_size,), jnp.dtype(cfg.param_dtype))
@@ -185,17 +206,19 @@ class EncoderOnly(nn.Module):
     cfg = self.cfg
     self.embedder = Embedder(cfg)
     self.encoder = Stack(cfg, cfg.num_layers)
-    dense = lambda features, axes, name: nn.Dense(
+    dense = lambda features, axes, name, std: nn.Dense(
         features, use_bias=cfg.use_bias, **layers.dtypes(cfg), name=name,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), axes),
+        kernel_init=nn.with_logical_partitioning(nn.initializers.normal(std), axes),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
+    hidden_std = layers.hidden_init_std(cfg, cfg.init_std)  # D x D: a hidden matrix under muP
     if cfg.head == 'mlm':  # BERT's head: dense, activation, norm, then the tied output + bias
-      self.mlm_dense = dense(cfg.d_model, ('embed', 'hidden'), 'mlm_dense')
+      self.mlm_dense = dense(cfg.d_model, ('embed', 'hidden'), 'mlm_dense', hidden_std)
       self.mlm_norm = layers.make_norm(cfg, 'mlm_norm')
       self.lm_head = Unembed(cfg, use_bias=True)
-    else:  # BERT's pooler (dense + tanh), dropout, then the classifier
-      self.pooler = dense(cfg.d_model, ('embed', 'hidden'), 'pooler')
-      self.classifier = dense(cfg.num_classes, ('hidden', 'classes'), 'classifier')
+    else:  # BERT's pooler (dense + tanh), dropout, then the classifier (a readout under muP)
+      self.pooler = dense(cfg.d_model, ('embed', 'hidden'), 'pooler', hidden_std)
+      self.classifier = dense(cfg.num_classes, ('hidden', 'classes'), 'classifier',
+                              cfg.init_std)
       self.dropout = nn.Dropout(cfg.dropout)
 
   def encode(self, tokens_BxT: jax.Array, *, segment_ids: jax.Array | None = None,
@@ -226,7 +249,7 @@ class EncoderOnly(nn.Module):
       pooled_BxD = (x_BxTxD * real_BxTx1).sum(1) / jnp.maximum(real_BxTx1.sum(1), 1)
     pooled_BxD = jnp.tanh(self.pooler(pooled_BxD))
     pooled_BxD = self.dropout(pooled_BxD, deterministic=not train)
-    return self.classifier(pooled_BxD).astype(jnp.float32)
+    return self.classifier(readout(cfg, pooled_BxD)).astype(jnp.float32)
 
 
 class EncoderDecoder(nn.Module):

@@ -8,21 +8,32 @@ Schedules (step counts optimizer updates; every schedule starts at 0 and ramps l
   rsqrt     the paper's schedule (Vaswani et al. 2017, eq. 3): lr * min(s / w, sqrt(w / s)),
             peaking at lr when s = w; with lr = (d_model * w)^-1/2 it is exactly
             d_model^-1/2 * min(s^-1/2, s * w^-3/2)
+
+muP (`model.parametrization='mup'`, AdamW only): the hidden matrices' Adam updates are scaled
+by 1/m, m = d_model / mup_base_d_model (Yang et al. 2022, Table 3); every other parameter
+(embeddings, biases, norms, the output layer) keeps the learning rate. As in the mup package's
+MuAdamW, the decoupled weight decay is not scaled: a hidden weight still shrinks by lr * wd per
+step (its decay coefficient is wd * m relative to its learning rate lr / m). The schedule, and
+the logged learning rate, are the base rate. Clipping stays global, before the rule.
 """
 
+import dataclasses
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from transformer.config import ConfigError
+from transformer import models
+from transformer.config import ConfigError, ModelConfig
 
 OPTIMIZERS = ('adamw', 'adafactor', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'linear', 'rsqrt')
 
 
-def check_opt_config(opt: Any):
+def check_opt_config(opt: Any, cfg: ModelConfig | None = None):
+  """Validates the `opt` section (and, given the model config, what it requires of it)."""
   def fail(name, allowed):
     raise ConfigError(f'opt.{name}={opt[name]!r} is invalid: {allowed}')
 
@@ -42,6 +53,9 @@ def check_opt_config(opt: Any):
   for name in ('b1', 'b2'):
     if not 0 <= opt[name] < 1:
       fail(name, 'must be in [0, 1)')
+  if cfg is not None and cfg.parametrization == 'mup' and opt.name != 'adamw':
+    fail('name', "must be adamw with model.parametrization='mup' (the muP learning-rate rules "
+         "implemented are Adam's)")
 
 
 def make_schedule(opt: Any, num_steps: int) -> optax.Schedule:
@@ -74,12 +88,38 @@ def decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def make_optimizer(opt: Any, num_steps: int) -> tuple[optax.GradientTransformation,
-                                                      optax.Schedule]:
-  """(optimizer, schedule): clipping, then the update rule with its schedule."""
+def hidden_mask(cfg: ModelConfig) -> Any:
+  """True for muP's hidden matrices: parameters with two dimensions that grow with width (the
+  mup package's "matrix-like"), found as it finds them, by comparing the parameter shapes at
+  d_model and at 2 * d_model (d_ff along). Embedding tables, the output layer, biases and norm
+  scales grow in one dimension at most."""
+  wider = dataclasses.replace(cfg, d_model=2 * cfg.d_model, d_ff=2 * cfg.d_ff)
+  narrow, wide = (jax.eval_shape(functools.partial(models.init_params, c), jax.random.key(0))
+                  for c in (cfg, wider))
+  return jax.tree.map(lambda a, b: sum(i != j for i, j in zip(a.shape, b.shape)) == 2,
+                      narrow, wide)
+
+
+def mup_adamw(opt: Any, schedule: optax.Schedule, mask: Any,
+              cfg: ModelConfig) -> optax.GradientTransformation:
+  """optax.adamw with the hidden matrices' updates scaled by 1/m before the weight decay."""
+  return optax.chain(
+      optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps),
+      optax.masked(optax.scale(1 / cfg.width_mult), hidden_mask(cfg)),
+      optax.add_decayed_weights(opt.weight_decay, mask),
+      optax.scale_by_learning_rate(schedule))
+
+
+def make_optimizer(opt: Any, num_steps: int, cfg: ModelConfig | None = None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """(optimizer, schedule): clipping, then the update rule with its schedule. `cfg`, the model
+  config, is needed for muP (None: standard parametrization)."""
   schedule = make_schedule(opt, num_steps)
   mask = None if opt.decay_all_params else decay_mask
-  if opt.name == 'adamw':
+  if cfg is not None and cfg.parametrization == 'mup':
+    check_opt_config(opt, cfg)
+    rule = mup_adamw(opt, schedule, mask, cfg)
+  elif opt.name == 'adamw':
     rule = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
                        weight_decay=opt.weight_decay, mask=mask)
   elif opt.name == 'adafactor':

@@ -46,6 +46,11 @@ def base_config() -> ml_collections.ConfigDict:
   m.share_embeddings = True  # encoder_decoder: one embedding table for source and target
   m.scale_embeddings = False  # multiply embeddings by sqrt(d_model) (the paper)
   m.init_std = 0.02  # std of normal initialisation; residual outputs get 1/sqrt(2L) of it
+  m.parametrization = 'sp'  # sp (standard) or mup (Yang et al. 2022: hyperparameters tuned at
+  #   width mup_base_d_model transfer to wider models; AdamW only; see transformer/optim.py)
+  m.mup_base_d_model = 128  # mup: the base width, where muP equals SP and hyperparameters are
+  #   tuned; width multiplier m = d_model / mup_base_d_model (d_ff assumed to grow with d_model,
+  #   num_heads fixed: the head size grows)
   m.attention_impl = 'einsum'  # einsum, or xla / cudnn (jax.nn.dot_product_attention)
   m.scan_layers = False  # stack blocks with nn.scan: compile time flat in depth
   m.remat = False  # rematerialise each block in the backward pass: less memory, more compute

@@ -121,7 +121,7 @@ def eval_step(params: Any, batch: dict, *, model: nn.Module, task: str) -> dict[
 
 def check_train_config(config: Any) -> ModelConfig:
   cfg = check_config(config)
-  optim.check_opt_config(config.opt)
+  optim.check_opt_config(config.opt, cfg)
   t = config.train
   for name in ('keep_checkpoints', 'grad_accum_steps'):
     if t[name] < 1:
@@ -175,7 +175,7 @@ def make_parallel(config: Any, cfg: ModelConfig, task: str, devices: list | None
                   ) -> tuple[sharding.Parallel, nn.Module]:
   """(parallel, model): the train and eval steps of `config`, placed on its mesh."""
   model = models.build_model(cfg)
-  tx, schedule = optim.make_optimizer(config.opt, config.train.num_steps)
+  tx, schedule = optim.make_optimizer(config.opt, config.train.num_steps, cfg)
   par = sharding.make_parallel(
       config, cfg, tx, functools.partial(init_state, cfg, tx),
       functools.partial(train_step, model=model, tx=tx, schedule=schedule, task=task,
