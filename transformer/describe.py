@@ -14,8 +14,6 @@ from absl import flags
 from transformer import cli, scaling
 from transformer.config import check_config
 
-_JSON = flags.DEFINE_bool('json', False, 'print one JSON object instead of the table')
-
 _LAYER = re.compile(r'/layers(_\d+)?/')
 
 
@@ -75,7 +73,7 @@ def main(config, argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
   info = describe(config)
-  if _JSON.value:
+  if flags.FLAGS.json:
     json.dump(info, sys.stdout)
     print()
   else:
@@ -83,4 +81,7 @@ def main(config, argv):
 
 
 if __name__ == '__main__':
+  # Defined only when describe runs: `describe()` is also a library function (sweeps call it),
+  # and bench defines a --json flag of its own.
+  flags.DEFINE_bool('json', False, 'print one JSON object instead of the table')
   cli.run(main)
