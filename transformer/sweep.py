@@ -22,6 +22,7 @@ import itertools
 import json
 from typing import Any, Callable, Sequence
 
+from transformer import cli
 from transformer.config import ConfigError
 
 Grid = list[dict[str, Any]]  # one dict of {dotted field: value} per point
@@ -139,8 +140,9 @@ def load_sweep(path: str, arg: str | None) -> Sweep:
   return sweep
 
 
-def _set(config, field: str, value: Any, where: str):
-  """config.<field> = value, for a dotted field that must already exist."""
+def _set(config, field: str, value: Any, where: str) -> Any:
+  """config.<field> = value, for a dotted field that must already exist; returns what was
+  stored (an int given for a float field becomes a float)."""
   *sections, name = field.split('.')
   node = config
   for i, section in enumerate(sections):
@@ -163,6 +165,7 @@ def _set(config, field: str, value: Any, where: str):
     node[name] = value
   except (TypeError, ValueError) as e:
     raise ConfigError(f'{where}: {field}={value!r}: {e}') from None
+  return node[name]
 
 
 def expand(config, sweep: Sweep) -> list[Point]:
@@ -193,8 +196,7 @@ def expand(config, sweep: Sweep) -> list[Point]:
         value = fn(point_config)
       except Exception as e:  # noqa: BLE001 - user code: name the point and the field
         raise ConfigError(f'{where}: deriving {field}: {type(e).__name__}: {e}') from None
-      _set(point_config, field, value, where)
-      derived[field] = point_config_value(point_config, field)
+      derived[field] = _set(point_config, field, value, where)
     try:
       train.check_train_config(point_config)
       pipeline.check_data_config(point_config)
@@ -202,13 +204,6 @@ def expand(config, sweep: Sweep) -> list[Point]:
       raise ConfigError(f'{where}: {e}') from None
     points.append(Point(pid, dict(overrides), derived, point_config))
   return points
-
-
-def point_config_value(config, field: str) -> Any:
-  node = config
-  for name in field.split('.'):
-    node = node[name]
-  return node
 
 
 # --- Running points ----------------------------------------------------------------------------
@@ -367,17 +362,12 @@ def _parse_key_values(items: list[str]) -> dict[str, Any]:
   for item in items:
     key, sep, value = item.partition('=')
     if not sep or not key:
-      cli_fail(f'--submitit={item!r} is invalid: expected KEY=VALUE, e.g. slurm_partition=gpu')
+      cli.fail(f'--submitit={item!r} is invalid: expected KEY=VALUE, e.g. slurm_partition=gpu')
     try:
       parsed[key] = ast.literal_eval(value)
     except (ValueError, SyntaxError):
       parsed[key] = value
   return parsed
-
-
-def cli_fail(message: str, code: int = 2):
-  from transformer import cli
-  cli.fail(message, code)
 
 
 def run_sweep(config, config_arg: str, sweep: Sweep, workdir: str, cli_overrides: dict,
@@ -392,11 +382,11 @@ def run_sweep(config, config_arg: str, sweep: Sweep, workdir: str, cli_overrides
   points = expand(config, sweep)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  fields = list(dict.fromkeys(f for p in points for f in p.overrides))
-  fields += [f for f in dict.fromkeys(f for p in points for f in p.derived) if f not in fields]
+  swept = list(dict.fromkeys(f for p in points for f in p.overrides))
+  fields = swept + [f for f in dict.fromkeys(f for p in points for f in p.derived)
+                    if f not in swept]
   metrics.write_json(os.path.join(workdir, 'sweep.json'), dict(
-      config=config_arg, overrides=cli_overrides,
-      fields=list(dict.fromkeys(f for p in points for f in p.overrides)),
+      config=config_arg, overrides=cli_overrides, fields=swept,
       derived=list(sweep.derived), points=[
           dict(id=p.id, overrides=p.overrides, derived=p.derived, **p.info) for p in points]))
   write_results(points, workdir, fields)
@@ -477,8 +467,9 @@ def _launch_local(jobs, parallel: int, done: Callable, interrupted: list):
   with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
     futures = {pool.submit(guarded, *job): job[0] for job in jobs}
     for future in concurrent.futures.as_completed(futures):
-      if future.result() is not None:
-        done(futures[future], future.result())
+      code = future.result()
+      if code is not None:  # None: never started
+        done(futures[future], code)
 
 
 def define_flags():
@@ -504,20 +495,20 @@ def main(config, argv):
   from absl import flags
   from ml_collections import config_flags
   if len(argv) > 1:
-    cli_fail(f'unexpected arguments: {" ".join(argv[1:])}')
+    cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
   f = flags.FLAGS
   path, _, arg = f['config'].config_filename.partition(':')
   if not os.path.exists(path):
-    cli_fail(f'--config={f["config"].config_filename}: no such file')
+    cli.fail(f'--config={f["config"].config_filename}: no such file')
   sweep = load_sweep(path, arg or None)
   if f.parallel < 1:
-    cli_fail(f'--parallel={f.parallel} is invalid: must be >= 1')
+    cli.fail(f'--parallel={f.parallel} is invalid: must be >= 1')
   parameters = _parse_key_values(f.submitit or [])
   if f.dry_run:
     print_plan(expand(config, sweep), f.workdir if f.workdir and os.path.isdir(f.workdir) else None)
     return
   if not f.workdir:
-    cli_fail('--workdir is required: the sweep directory (one subdirectory per point)')
+    cli.fail('--workdir is required: the sweep directory (one subdirectory per point)')
   config_arg = os.path.abspath(path) + (f':{arg}' if arg else '')
   code = run_sweep(config, config_arg, sweep, f.workdir,
                    dict(config_flags.get_override_values(f['config'])), f.parallel, f.launcher,
