@@ -45,16 +45,26 @@ class Checkpoints:
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
         meta=ocp.args.JsonSave(meta)), force=True)
 
-  def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict, dict] | None:
-    """(step, state, data_state, meta) of the newest readable checkpoint, or None."""
+  def restore_step(self, step: int, abstract_state: Any) -> tuple[int, Any, dict, dict]:
+    """(step, state, data_state, meta) of checkpoint `step`; raises if it cannot be read."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+        meta=ocp.args.JsonRestore()))
+    return step, restored.state, restored.data, restored.meta
+
+  def restore_latest(self, abstract_state: Any, set_aside: bool = True
+                     ) -> tuple[int, Any, dict, dict] | None:
+    """(step, state, data_state, meta) of the newest readable checkpoint, or None. An unreadable
+    one is renamed N.corrupted (with `set_aside`; otherwise left as it is) and skipped."""
     for step in sorted(self.steps(), reverse=True):
       try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
-            meta=ocp.args.JsonRestore()))
-        return step, restored.state, restored.data, restored.meta
+        return self.restore_step(step, abstract_state)
       except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: fall back
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        if not set_aside:
+          print(f'warning: checkpoint at step {step} is unreadable ({first_line}); using the '
+                'previous one')
+          continue
         aside = self._set_aside(step)
         logging.warning('checkpoint at step %d is unreadable (%s); moved to %s, trying the '
                         'previous one', step, first_line, aside)

@@ -1,0 +1,84 @@
+"""A trained model from its workdir: the config it was trained with and the parameters of a step.
+
+  run = trained.load('runs/default')            # the newest checkpoint
+  logits = run.model.apply({'params': run.params}, tokens)
+  tokenizer = run.tokenizer()
+
+Used by `generate`, `viz`, `ablate` and the notebooks. Nothing in the workdir is written.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from transformer import models, optim
+from transformer.config import ConfigError, ModelConfig, check_config
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+  workdir: str
+  config: ml_collections.ConfigDict  # the experiment config the run was trained with
+  cfg: ModelConfig
+  params: Any
+  step: int
+
+  @functools.cached_property
+  def model(self) -> nn.Module:
+    return models.build_model(self.cfg)
+
+  def tokenizer(self):
+    """The run's tokenizer (a trained SentencePiece model is read from the data directory)."""
+    from transformer.data import pipeline
+    return pipeline.get_tokenizer(self.config)
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """WORKDIR/config.json (written by train before the first step) as a ConfigDict."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise ConfigError(f'--workdir={workdir} holds no run: {path} does not exist (train writes '
+                      'it when a run starts)')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load(workdir: str, step: int | None = None) -> Trained:
+  """The run in `workdir` at checkpoint `step` (default: the newest); a ConfigError if there is
+  no run or no such checkpoint."""
+  from transformer import checkpoint
+  from transformer.train import TrainState
+
+  config = read_config(workdir)
+  cfg = check_config(config)
+  tx, _ = optim.make_optimizer(config.opt, config.train.num_steps, cfg)
+
+  def init(rng):
+    params = models.init_params(cfg, rng)
+    return TrainState(step=jax.numpy.int32(0), params=params, opt_state=tx.init(params))
+
+  abstract = jax.eval_shape(init, jax.random.key(0))
+  ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'))
+  try:
+    steps = ckpts.steps()
+    if not steps:
+      raise ConfigError(f'--workdir={workdir} has no checkpoint yet (checkpoints/ is empty)')
+    if step is None:
+      restored = ckpts.restore_latest(abstract, set_aside=False)
+      if restored is None:
+        raise ConfigError(f'--workdir={workdir}: no checkpoint could be read')
+    elif step not in steps:
+      raise ConfigError(f'--step={step} has no checkpoint in {workdir}; steps saved: '
+                        + ', '.join(map(str, sorted(steps))))
+    else:
+      restored = ckpts.restore_step(step, abstract)
+  finally:
+    ckpts.close()
+  step, state, _, _ = restored
+  return Trained(workdir=workdir, config=config, cfg=cfg, params=state.params, step=step)
