@@ -12,7 +12,6 @@ a non-finite loss stops the run (exit 1) naming the step, leaving the last check
 
 import functools
 import json
-import math
 import os
 import signal
 import sys
@@ -228,13 +227,9 @@ def evaluate(eval_fn, config, tokenizer, task: str, template: dict) -> dict[str,
   iterator.close()
   if totals is None:
     return {}
-  totals = jax.device_get(totals)
-  weight = max(float(totals['weight']), 1.0)
-  out = {'eval_loss': float(totals['nll']) / weight,
-         'eval_accuracy': float(totals['correct']) / weight}
-  if config.data.tokenizer == 'byte' and task in ('lm', 'mlm', 'seq2seq'):
-    out['eval_bits_per_byte'] = out['eval_loss'] / math.log(2)  # one token is one byte
-  return out
+  from transformer.evaluate import metrics_from_sums
+  totals = {k: float(v) for k, v in jax.device_get(totals).items()}
+  return metrics_from_sums(totals, task, byte_tokens=config.data.tokenizer == 'byte')
 
 
 def _host_data_state(saved: Any, workdir: str, step: int) -> Any:
