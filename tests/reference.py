@@ -2,7 +2,8 @@
 
 It reads the parameter tree (unrolled layout) of our models but computes everything with its own
 NumPy code written from the papers' formulas: explicit loops over heads for attention, the
-sinusoid formula term by term, RoPE as 2x2 rotations, ALiBi's -m|i-j|.
+sinusoid formula term by term, RoPE as 2x2 rotations, ALiBi's -m|i-j|. Heads can be gated
+(Michel et al. 2019): a head with gate 0 contributes nothing to its layer's output.
 """
 
 import math
@@ -101,7 +102,9 @@ def dense(p, x, equation):
   return y + p['bias'] if 'bias' in p else y
 
 
-def mha(cfg, p, x, kv, mask_BTS, positions_BT=None, position='none'):
+def mha(cfg, p, x, kv, mask_BTS, positions_BT=None, position='none', gate_N=None):
+  """Multi-head attention; gate_N (if given) multiplies each head's output before the out
+  projection."""
   q = dense(p['query'], x, 'btd,dnh->btnh')
   k = dense(p['key'], kv, 'bsd,dkh->bskh')
   v = dense(p['value'], kv, 'bsd,dkh->bskh')
@@ -112,6 +115,8 @@ def mha(cfg, p, x, kv, mask_BTS, positions_BT=None, position='none'):
     distance = np.abs(positions_BT[:, :, None] - positions_BT[:, None, :])
     bias = -alibi_slopes(cfg.num_heads)[None, :, None, None] * distance[:, None]
   out, _ = attention(q, k, v, mask_BTS, bias)
+  if gate_N is not None:
+    out = out * np.asarray(gate_N, np.float64)[None, None, :, None]
   return dense(p['out'], out, 'btnh,nhd->btd')
 
 
@@ -158,18 +163,24 @@ def embed(cfg, p, tokens, positions, token_types=None):
   return x
 
 
-def stack(cfg, p, x, num_layers, self_mask, positions, encoded=None, cross_mask=None):
+def stack(cfg, p, x, num_layers, self_mask, positions, encoded=None, cross_mask=None,
+          gates=None):
+  """`gates`: {attention module name: (layers, heads)} head gates of this stack; None: all 1."""
+  gates = gates or {}
+  gate = lambda name, i: gates[name][i] if name in gates else None
   for i in range(num_layers):
     lp = p[f'layers_{i}']
     if encoded is None:
       x = sublayer(cfg, lp['attention_norm'],
-                   lambda h: mha(cfg, lp['attention'], h, h, self_mask, positions, cfg.position), x)
+                   lambda h: mha(cfg, lp['attention'], h, h, self_mask, positions, cfg.position,
+                                 gate('attention', i)), x)
     else:
       x = sublayer(cfg, lp['self_attention_norm'],
                    lambda h: mha(cfg, lp['self_attention'], h, h, self_mask, positions,
-                                 cfg.position), x)
+                                 cfg.position, gate('self_attention', i)), x)
       x = sublayer(cfg, lp['cross_attention_norm'],
-                   lambda h: mha(cfg, lp['cross_attention'], h, encoded, cross_mask), x)
+                   lambda h: mha(cfg, lp['cross_attention'], h, encoded, cross_mask,
+                                 gate_N=gate('cross_attention', i)), x)
     x = sublayer(cfg, lp['mlp_norm'], lambda h: ffn(cfg, lp['mlp'], h), x)
   return norm(cfg, p['final_norm'], x) if cfg.pre_norm else x
 
@@ -179,20 +190,27 @@ def unembed(cfg, p, head, table, x):
   return logits + p[head]['bias'] if 'bias' in p.get(head, {}) else logits
 
 
-def forward(cfg, params, tokens, segment_ids=None, tgt_tokens=None, tgt_segment_ids=None):
-  """Logits of any family in float64 (classify: (B, C); otherwise (B, T, V))."""
+def forward(cfg, params, tokens, segment_ids=None, tgt_tokens=None, tgt_segment_ids=None,
+            head_gates=None):
+  """Logits of any family in float64 (classify: (B, C); otherwise (B, T, V)). `head_gates`:
+  {'stack/module': (layers, heads)}, e.g. {'decoder/attention': gates_LxN}; absent: all 1."""
   p = f64(params)
+  head_gates = head_gates or {}
+  gates = lambda stack_name: {kind.split('/')[1]: g for kind, g in head_gates.items()
+                              if kind.split('/')[0] == stack_name}
   tokens = np.asarray(tokens)
   seg = np.ones(tokens.shape, int) if segment_ids is None else np.asarray(segment_ids)
   positions = positions_of(seg)
   causal = np.tril(np.ones((tokens.shape[1], tokens.shape[1]), bool))[None]
   if cfg.family == 'decoder_only':
     x = embed(cfg, p['embedder'], tokens, positions)
-    x = stack(cfg, p['decoder'], x, cfg.num_layers, segment_mask(seg, seg) & causal, positions)
+    x = stack(cfg, p['decoder'], x, cfg.num_layers, segment_mask(seg, seg) & causal, positions,
+              gates=gates('decoder'))
     return unembed(cfg, p, 'lm_head', p['embedder']['embedding'], x)
   if cfg.family == 'encoder_only':
     x = embed(cfg, p['embedder'], tokens, positions)
-    x = stack(cfg, p['encoder'], x, cfg.num_layers, segment_mask(seg, seg), positions)
+    x = stack(cfg, p['encoder'], x, cfg.num_layers, segment_mask(seg, seg), positions,
+              gates=gates('encoder'))
     if cfg.head == 'mlm':
       act = ACTIVATIONS['gelu' if cfg.activation == 'swiglu' else cfg.activation]
       h = norm(cfg, p['mlm_norm'], act(dense(p['mlm_dense'], x, 'btd,de->bte')))
@@ -210,9 +228,10 @@ def forward(cfg, params, tokens, segment_ids=None, tgt_tokens=None, tgt_segment_
   src_embedder = p['embedder'] if cfg.share_embeddings else p['source_embedder']
   tgt_embedder = p['embedder'] if cfg.share_embeddings else p['target_embedder']
   encoded = stack(cfg, p['encoder'], embed(cfg, src_embedder, tokens, positions),
-                  cfg.num_layers, segment_mask(seg, seg), positions)
+                  cfg.num_layers, segment_mask(seg, seg), positions, gates=gates('encoder'))
   tpos = positions_of(tseg)
   tcausal = np.tril(np.ones((tgt.shape[1], tgt.shape[1]), bool))[None]
   y = stack(cfg, p['decoder'], embed(cfg, tgt_embedder, tgt, tpos), cfg.num_decoder_layers,
-            segment_mask(tseg, tseg) & tcausal, tpos, encoded, segment_mask(tseg, seg))
+            segment_mask(tseg, tseg) & tcausal, tpos, encoded, segment_mask(tseg, seg),
+            gates=gates('decoder'))
   return unembed(cfg, p, 'lm_head', tgt_embedder['embedding'], y)
