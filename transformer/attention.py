@@ -131,6 +131,12 @@ class MultiHeadAttention(nn.Module):
   (self-attention only); any other value leaves positions to the embeddings. When the
   'intermediates' collection is mutable, the per-head weights (B, N, T, S) are sown as
   'attention_weights' (computed on the einsum path).
+
+  KV cache (`use_cache=True`, self-attention): the 'cache' collection holds the keys and values
+  of the L tokens seen so far (after RoPE), whether each is a real token, and their positions.
+  The first call, on inputs of length L (e.g. under `jax.eval_shape`), only creates it; later
+  calls append their T tokens at `cache_index` and attend to every real cached token before
+  them. `mask` then relates the T new tokens among themselves (B, 1, T, T), as without a cache.
   """
 
   num_heads: int
@@ -154,12 +160,41 @@ class MultiHeadAttention(nn.Module):
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, bias_axes),
         name=name)(x)
 
+  def _cached(self, k_BxTxKxH, v_BxTxKxH, mask, is_causal, positions_BxT):
+    """Appends the new keys and values to the cache; returns (keys, values, mask, positions)
+    over all L cache slots: (B, L, K, H), (B, L, K, H), (B, 1, T, L), (B, L)."""
+    B, T = k_BxTxKxH.shape[:2]
+    initialized = self.has_variable('cache', 'cached_key')
+    key = self.variable('cache', 'cached_key', jnp.zeros, k_BxTxKxH.shape, k_BxTxKxH.dtype)
+    value = self.variable('cache', 'cached_value', jnp.zeros, v_BxTxKxH.shape, v_BxTxKxH.dtype)
+    valid = self.variable('cache', 'cached_valid', jnp.zeros, (B, T), jnp.bool_)
+    positions = self.variable('cache', 'cached_positions', jnp.zeros, (B, T), jnp.int32)
+    index = self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32))
+    new_mask_Bx1xTxT = combine_masks(
+        jnp.ones((B, 1, T, T), bool) if mask is None else jnp.broadcast_to(mask, (B, 1, T, T)),
+        causal_mask(T) if is_causal else None)
+    if not initialized:  # creating the cache (length L = T): attend as without one
+      return k_BxTxKxH, v_BxTxKxH, new_mask_Bx1xTxT, positions_BxT
+    L, i = key.value.shape[1], index.value
+    new_valid_BxT = jnp.diagonal(new_mask_Bx1xTxT[:, 0], axis1=1, axis2=2)  # real: sees itself
+    # Earlier slots: visible where they hold a real token; the new block: the new tokens' mask.
+    old_Bx1x1xL = (valid.value & (jnp.arange(L) < i))[:, None, None, :]
+    new_Bx1xTxL = jax.lax.dynamic_update_slice(jnp.zeros((B, 1, T, L), bool), new_mask_Bx1xTxT,
+                                               (0, 0, 0, i))
+    key.value = jax.lax.dynamic_update_slice(key.value, k_BxTxKxH, (0, i, 0, 0))
+    value.value = jax.lax.dynamic_update_slice(value.value, v_BxTxKxH, (0, i, 0, 0))
+    valid.value = jax.lax.dynamic_update_slice(valid.value, new_valid_BxT, (0, i))
+    positions.value = jax.lax.dynamic_update_slice(positions.value,
+                                                   positions_BxT.astype(jnp.int32), (0, i))
+    index.value = i + T
+    return key.value, value.value, old_Bx1x1xL | new_Bx1xTxL, positions.value
+
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, kv_BxSxD: jax.Array | None = None, *,
                mask: jax.Array | None = None, is_causal: bool = False,
                q_positions_BxT: jax.Array | None = None,
                kv_positions_BxS: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
+               deterministic: bool = True, use_cache: bool = False) -> jax.Array:
     self_attention = kv_BxSxD is None
     kv_BxSxD = x_BxTxD if self_attention else kv_BxSxD
     D, N, K, H = x_BxTxD.shape[-1], self.num_heads, self.num_kv_heads, self.head_dim
@@ -182,8 +217,13 @@ class MultiHeadAttention(nn.Module):
       if self.position == 'rope':
         q = positional.apply_rope(q, q_positions_BxT, self.rope_base)
         k = positional.apply_rope(k, kv_positions_BxS, self.rope_base)
-      else:
-        bias = positional.alibi_bias(N, q_positions_BxT, kv_positions_BxS)
+    if use_cache and self_attention:
+      if q_positions_BxT is None:
+        q_positions_BxT = jnp.broadcast_to(jnp.arange(x_BxTxD.shape[1]), x_BxTxD.shape[:2])
+      k, v, mask, kv_positions_BxS = self._cached(k, v, mask, is_causal, q_positions_BxT)
+      is_causal = False  # the cached mask holds causality
+    if self_attention and self.position == 'alibi':
+      bias = positional.alibi_bias(N, q_positions_BxT, kv_positions_BxS)
 
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:

@@ -132,6 +132,7 @@ class EncoderBlock(nn.Module):
   cfg: ModelConfig
   num_layers: int  # depth of the stack, for the residual init scale
   causal: bool = False
+  use_cache: bool = False  # self-attention with a KV cache (decoding)
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, mask: jax.Array | None, positions_BxT: jax.Array,
@@ -141,7 +142,7 @@ class EncoderBlock(nn.Module):
     x_BxTxD = residual(
         cfg, make_norm(cfg, 'attention_norm'),
         lambda h: attn(h, mask=mask, is_causal=self.causal, q_positions_BxT=positions_BxT,
-                       deterministic=deterministic),
+                       deterministic=deterministic, use_cache=self.use_cache),
         x_BxTxD, deterministic)
     return residual(cfg, make_norm(cfg, 'mlp_norm'), feed_forward(cfg, self.num_layers),
                     x_BxTxD, deterministic)
@@ -152,6 +153,7 @@ class DecoderBlock(nn.Module):
 
   cfg: ModelConfig
   num_layers: int
+  use_cache: bool = False  # self-attention with a KV cache (decoding)
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, self_mask: jax.Array | None, positions_BxT: jax.Array,
@@ -163,7 +165,7 @@ class DecoderBlock(nn.Module):
     x_BxTxD = residual(
         cfg, make_norm(cfg, 'self_attention_norm'),
         lambda h: self_attn(h, mask=self_mask, is_causal=True, q_positions_BxT=positions_BxT,
-                            deterministic=deterministic),
+                            deterministic=deterministic, use_cache=self.use_cache),
         x_BxTxD, deterministic)
     x_BxTxD = residual(
         cfg, make_norm(cfg, 'cross_attention_norm'),

@@ -141,7 +141,8 @@ class Stack(nn.Module):
   """`num_layers` blocks, unrolled or under `nn.scan`, optionally rematerialised.
 
   Call as stack(x, *block_args, deterministic): every block gets the same block_args.
-  Pre-LN stacks end with a final norm. Scanned parameters carry a leading 'layers' axis.
+  Pre-LN stacks end with a final norm. Scanned parameters (and KV caches) carry a leading
+  'layers' axis.
   """
 
   cfg: ModelConfig
@@ -150,17 +151,18 @@ class Stack(nn.Module):
   causal: bool = False  # for EncoderBlock: the decoder-only (GPT) stack
 
   @nn.compact
-  def __call__(self, x_BxTxD: jax.Array, *block_args) -> jax.Array:
+  def __call__(self, x_BxTxD: jax.Array, *block_args, use_cache: bool = False) -> jax.Array:
     cfg = self.cfg
     block_cls = layers.DecoderBlock if self.decoder else layers.EncoderBlock
-    kwargs = {} if self.decoder else {'causal': self.causal}
+    kwargs = {'use_cache': use_cache} if self.decoder else {'causal': self.causal,
+                                                            'use_cache': use_cache}
     if cfg.remat:  # `deterministic`, the last argument, is static (self is 0, x is 1)
       block_cls = nn.remat(block_cls, prevent_cse=not cfg.scan_layers,
                            static_argnums=(1 + len(block_args),))
     if cfg.scan_layers:
       def body(block, carry, *args):
         return block(carry, *args), None
-      scanned = nn.scan(body, variable_axes={'params': 0, 'intermediates': 0},
+      scanned = nn.scan(body, variable_axes={'params': 0, 'intermediates': 0, 'cache': 0},
                         split_rngs={'params': True, 'dropout': True},
                         in_axes=(nn.broadcast,) * len(block_args), length=self.num_layers,
                         metadata_params={nn.PARTITION_NAME: 'layers'})
@@ -187,12 +189,15 @@ class DecoderOnly(nn.Module):
     self.lm_head = Unembed(cfg, use_bias=cfg.logits_bias)
 
   def __call__(self, tokens_BxT: jax.Array, *, segment_ids: jax.Array | None = None,
-               positions: jax.Array | None = None, train: bool = False) -> jax.Array:
+               positions: jax.Array | None = None, train: bool = False,
+               use_cache: bool = False) -> jax.Array:
+    """With `use_cache` (decoding; the 'cache' collection mutable) the tokens continue those
+    already cached: pass their `positions`, which do not restart at 0."""
     if positions is None:
       positions = default_positions(tokens_BxT, segment_ids)
     x_BxTxD = self.embedder.encode(tokens_BxT, positions, deterministic=not train)
     mask = attention_mask(segment_ids, segment_ids)
-    x_BxTxD = self.decoder(x_BxTxD, mask, positions, not train)
+    x_BxTxD = self.decoder(x_BxTxD, mask, positions, not train, use_cache=use_cache)
     tied = self.embedder.embedding if self.cfg.tie_embeddings else None
     return self.lm_head(x_BxTxD, tied)
 
@@ -284,8 +289,10 @@ class EncoderDecoder(nn.Module):
 
   def decode(self, encoded_BxSxD: jax.Array, tgt_tokens_BxT: jax.Array, *,
              src_segment_ids: jax.Array | None = None, tgt_segment_ids: jax.Array | None = None,
-             tgt_positions: jax.Array | None = None, train: bool = False) -> jax.Array:
-    """Logits (B, T, V) of the next target token, attending to the encoder output."""
+             tgt_positions: jax.Array | None = None, train: bool = False,
+             use_cache: bool = False) -> jax.Array:
+    """Logits (B, T, V) of the next target token, attending to the encoder output. With
+    `use_cache` the target tokens continue those already cached (pass `tgt_positions`)."""
     if tgt_positions is None:
       tgt_positions = default_positions(tgt_tokens_BxT, tgt_segment_ids)
     target_embedder = self._embedders()[1]
@@ -293,7 +300,7 @@ class EncoderDecoder(nn.Module):
     self_mask = attention_mask(tgt_segment_ids, tgt_segment_ids)
     cross_mask = attention_mask(tgt_segment_ids, src_segment_ids)
     y_BxTxD = self.decoder(y_BxTxD, self_mask, tgt_positions, encoded_BxSxD, cross_mask,
-                           not train)
+                           not train, use_cache=use_cache)
     tied = target_embedder.embedding if self.cfg.tie_embeddings else None
     return self.lm_head(y_BxTxD, tied)
 

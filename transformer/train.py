@@ -426,9 +426,9 @@ def _progress(start: int, total: int, enabled: bool):
 def _sample_text(model, params, tokenizer, config) -> str:
   from transformer import decode
   prompt = [tokenizer.bos_id, *tokenizer.encode(config.train.sample_prompt)]
-  ids = decode.sample(model, params, prompt, config.train.sample_tokens,
-                      jax.random.key(config.train.seed), window=config.data.seq_len,
-                      temperature=config.train.sample_temperature)
+  ids = decode.generate(model, params, [prompt], config.train.sample_tokens,
+                        jax.random.key(config.train.seed), max_context=config.data.seq_len,
+                        temperature=config.train.sample_temperature)[0]
   return config.train.sample_prompt + tokenizer.decode(ids)
 
 
