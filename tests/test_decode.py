@@ -177,3 +177,30 @@ def test_beam_of_one_is_greedy_and_wider_beams_score_no_worse():
   _, four_scores = decode.beam_search(model, params, sources, beam_size=4, max_len=12,
                                       alpha=0.0, bos_id=BOS, eos_id=EOS)
   assert all(f >= o - 1e-5 for f, o in zip(four_scores, one_scores))
+
+
+# --- BLEU ------------------------------------------------------------------------------------
+
+
+def test_bleu_scores_the_beam_searched_translations_of_held_out_pairs(data_dir):
+  import sacrebleu
+
+  from transformer import evaluate
+  from transformer.data import tokenizers
+  config = presets.get_config('encoder_decoder', 'tiny')
+  config.data.update(dataset='reverse', data_dir=data_dir, synthetic_len=6, seq_len=8,
+                     batch_size=4)
+  tokenizer = tokenizers.ByteTokenizer()
+  pairs = evaluate.held_out_pairs(config, tokenizer, 7)
+  assert len(pairs) == 7
+  for source, reference in pairs:  # the task: the reversed source, without eos
+    assert source[-1] == tokenizer.eos_id and reference == source[-2::-1]
+  model, params = tiny_model('encoder_decoder', vocab_size=config.model.vocab_size)
+  result = evaluate.bleu(model, params, pairs, tokenizer, max_len=8, beam_size=1,
+                         tokenize='char', chunk=3)  # 3 chunks, the last one padded
+  greedy = decode.translate(model, params, [s for s, _ in pairs], 8, jax.random.key(0),
+                            bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
+  assert result['hypotheses'] == [tokenizer.decode(ids) for ids in greedy]
+  references = [tokenizer.decode(r) for _, r in pairs]
+  expected = sacrebleu.corpus_bleu(result['hypotheses'], [references], tokenize='char').score
+  assert result['bleu'] == pytest.approx(expected)

@@ -181,7 +181,8 @@ def run_config(family, dataset, data_dir, steps, **extra):
 @pytest.mark.parametrize('family,dataset,extra', [
     ('decoder_only', 'shakespeare', {}),
     ('encoder_only', 'shakespeare', {}),
-    ('encoder_decoder', 'copy', {'data__synthetic_len': 6}),
+    ('encoder_decoder', 'copy', {'data__synthetic_len': 6, 'train__bleu_examples': 8,
+                                 'train__bleu_tokenize': 'char'}),
     ('encoder_only', 'imdb_reviews', {'model__head': 'classify'}),
 ])
 def test_every_family_learns(tmp_path, data_dir, family, dataset, extra):
@@ -193,6 +194,8 @@ def test_every_family_learns(tmp_path, data_dir, family, dataset, extra):
   curve = [r['loss'] for r in records if 'loss' in r]
   assert curve[-1] < 0.8 * curve[0], curve
   assert summary['final_eval_loss'] is not None and summary['status'] == 'finished'
+  if family == 'encoder_decoder':  # beam-searched translations of 8 held-out examples
+    assert 0 <= summary['eval_bleu'] <= 100 and 0 <= summary['eval_exact_match'] <= 1
 
 
 def train_command(workdir, data_dir, *args):
@@ -336,6 +339,7 @@ def test_a_run_leaves_a_workdir_that_explains_itself(tmp_path, data_dir):
   for key in ('step', 'loss', 'learning_rate', 'grad_norm', 'tokens_per_sec', 'mfu'):
     assert key in records[0], key
   assert summary['eval_bits_per_byte'] == pytest.approx(summary['final_eval_loss'] / math.log(2))
+  assert summary['eval_perplexity'] == pytest.approx(math.exp(summary['final_eval_loss']))
   assert summary['total_flops'] == summary['flops_per_token'] * 10 * 8 * 32
   assert {'loss', 'learning_rate', 'eval_loss'} <= read_tensorboard_scalars(
       tmp_path / 'tensorboard')
@@ -358,6 +362,7 @@ def failing(tmp_path, *args):
     (['--config.data.batch_size=0'], 'data.batch_size=0 is invalid'),
     (['--config.opt.name=lion'], "opt.name='lion' is invalid: must be one of adamw"),
     (['--config.opt.schedule=step'], "opt.schedule='step' is invalid"),
+    (['--config.train.bleu_examples=4'], 'BLEU is for encoder_decoder models'),
     (['--config.opt.lr=-0.001'], 'opt.lr=-0.001 is invalid: must be > 0'),
     (['--config.opt.lr=fast'], 'opt.lr'),
     (['--config.opt.learning_rate=0.1'], '--config.opt.learning_rate is not a field'),

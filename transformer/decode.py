@@ -223,11 +223,13 @@ def generate(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]], nu
 # --- encoder-decoder -----------------------------------------------------------------------------
 
 
-def right_pad(sources: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """(tokens, segment_ids), each (B, S): sources left-aligned, padding segment 0."""
+def right_pad(sources: Sequence[Sequence[int]], pad_id: int = 0, length: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+  """(tokens, segment_ids), each (B, S): sources left-aligned, padding segment 0. S is the
+  longest source's length, or `length` (a fixed shape compiles once)."""
   if not sources or any(len(s) == 0 for s in sources):
     raise ValueError('every source needs at least one token (e.g. the tokenizer\'s eos_id)')
-  S = max(len(s) for s in sources)
+  S = max(max(len(s) for s in sources), length or 0)
   tokens = np.full((len(sources), S), pad_id, np.int32)
   segments = np.zeros((len(sources), S), np.int32)
   for row, source in enumerate(sources):
@@ -370,15 +372,15 @@ def _beam_search(model, params, src_BxS, src_segments_BxS, *, beam_size, max_len
 
 def beam_search(model: nn.Module, params: Any, sources: Sequence[Sequence[int]], *,
                 beam_size: int = 4, max_len: int, alpha: float = 0.6, bos_id: int,
-                eos_id: int) -> tuple[list[list[int]], list[float]]:
+                eos_id: int, source_len: int | None = None) -> tuple[list[list[int]], list[float]]:
   """The best target of each source by beam search (an encoder-decoder model), and its score:
   log p(target | source) / ((5 + length) / 6)^alpha, where length counts the eos. A hypothesis
   ends at eos, or at `max_len` tokens. With beam_size 1 this is greedy decoding; with a beam
-  wider than every hypothesis it is exhaustive search."""
+  wider than every hypothesis it is exhaustive search. `source_len`: pad sources to it."""
   if beam_size < 1 or max_len < 1:
     raise ValueError(f'beam_size={beam_size} and max_len={max_len} must be >= 1')
   _check_length(model.cfg, max(max_len, max(len(s) for s in sources)), 'the longest sequence')
-  src, segments = right_pad(sources)
+  src, segments = right_pad(sources, length=source_len)
   seqs_BxWxN, scores_BxW = _beam_search(
       model, params, jnp.asarray(src), jnp.asarray(segments), beam_size=int(beam_size),
       max_len=int(max_len), alpha=float(alpha), bos_id=int(bos_id), eos_id=int(eos_id))

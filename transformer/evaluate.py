@@ -1,5 +1,6 @@
 """Held-out evaluation of a trained model, outside the training loop: loss, perplexity, bits per
-byte, accuracy, for any sequence length the model accepts (e.g. longer than it was trained on).
+byte, accuracy, for any sequence length the model accepts (e.g. longer than it was trained on);
+and BLEU of an encoder-decoder's beam-searched translations (sacrebleu).
 
   run = trained.load('runs/default')
   batches = held_out_batches(run.config, run.tokenizer(), num_batches=10, seq_len=512)
@@ -82,3 +83,49 @@ def evaluate_run(run, num_batches: int = 10, seq_len: int | None = None) -> dict
   batches = held_out_batches(run.config, run.tokenizer(), num_batches, seq_len)
   return evaluate(run.model, run.params, batches, task,
                   byte_tokens=run.config.data.tokenizer == 'byte')
+
+
+# --- BLEU ----------------------------------------------------------------------------------------
+
+
+def held_out_pairs(config: Any, tokenizer, num_examples: int) -> list[tuple[list[int], list[int]]]:
+  """(source ids ending in eos, reference target ids without eos) of the first `num_examples`
+  held-out examples of a seq2seq dataset, unpacked from its batches."""
+  from transformer.data import pipeline
+  iterator = iter(pipeline.make_dataset(config, 'eval', tokenizer))
+  pairs = []
+  for batch in iterator:
+    for row in range(len(batch['inputs'])):
+      src_ids, tgt_ids = batch['inputs_segment_ids'][row], batch['targets_segment_ids'][row]
+      for segment in sorted(set(src_ids[src_ids > 0].tolist())):
+        target = batch['targets'][row][tgt_ids == segment].tolist()
+        pairs.append((batch['inputs'][row][src_ids == segment].tolist(),
+                      target[:-1] if target[-1:] == [tokenizer.eos_id] else target))
+    if len(pairs) >= num_examples:
+      break
+  iterator.close()
+  return pairs[:num_examples]
+
+
+def bleu(model: nn.Module, params: Any, pairs: list[tuple[list[int], list[int]]], tokenizer, *,
+         max_len: int, beam_size: int = 4, alpha: float = 0.6, tokenize: str = '13a',
+         chunk: int = 32) -> dict[str, Any]:
+  """Corpus BLEU (sacrebleu) of beam-searched translations of the pairs' sources against their
+  references; also the exact-match rate and the hypotheses. Sources go `chunk` at a time,
+  padded to one shape (one compilation)."""
+  import sacrebleu
+  from transformer import decode
+  source_len = max(len(s) for s, _ in pairs)
+  hypotheses = []
+  for start in range(0, len(pairs), chunk):
+    part = [source for source, _ in pairs[start:start + chunk]]
+    padded = part + [[tokenizer.eos_id]] * (chunk - len(part))
+    out, _ = decode.beam_search(model, params, padded, beam_size=beam_size, max_len=max_len,
+                                alpha=alpha, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
+                                source_len=source_len)
+    hypotheses += [tokenizer.decode(ids) for ids in out[:len(part)]]
+  references = [tokenizer.decode(target) for _, target in pairs]
+  score = sacrebleu.corpus_bleu(hypotheses, [references], tokenize=tokenize)
+  exact = sum(h == r for h, r in zip(hypotheses, references)) / max(len(pairs), 1)
+  return {'bleu': score.score, 'exact_match': exact, 'hypotheses': hypotheses,
+          'references': references}

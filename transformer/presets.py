@@ -88,6 +88,10 @@ def base_config() -> ml_collections.ConfigDict:
   t.log_every = 50  # steps between metric records (the only host-device syncs of the loop)
   t.eval_every = 500  # steps between evaluations on the held-out split (and at the end)
   t.eval_batches = 20  # batches per evaluation; 0 = the whole held-out split
+  t.bleu_examples = 0  # encoder_decoder: held-out examples decoded for BLEU at each evaluation
+  t.bleu_beam_size = 4  # ... by beam search with this many beams (1 = greedy)
+  t.bleu_alpha = 0.6  # ... and this length penalty ((5 + length) / 6)^alpha
+  t.bleu_tokenize = '13a'  # sacrebleu's tokenizer: 13a (words, WMT's), intl, char, none
   t.checkpoint_every = 500  # steps between checkpoints (and at the end)
   t.keep_checkpoints = 3  # newest checkpoints kept
   t.label_smoothing = 0.0  # target smoothing (the paper: 0.1)

@@ -43,6 +43,7 @@ _HEARTBEAT = flags.DEFINE_integer(
     'heartbeat_timeout_s', 100, 'many hosts: a process that does not hear from the coordinator '
     'for this long fails instead of waiting forever')
 
+BLEU_TOKENIZERS = ('13a', 'intl', 'char', 'none')  # sacrebleu's, for train.bleu_tokenize
 INTERRUPTED_EXIT_CODE = 143  # 128 + SIGTERM: stopped on request, checkpoint saved
 
 
@@ -128,6 +129,16 @@ def check_train_config(config: Any) -> ModelConfig:
   for name in ('eval_batches', 'sample_tokens'):
     if t[name] < 0:
       raise ConfigError(f'train.{name}={t[name]!r} is invalid: must be >= 0')
+  if t.bleu_examples < 0 or t.bleu_beam_size < 1 or t.bleu_alpha < 0:
+    raise ConfigError(f'train.bleu_examples={t.bleu_examples} (>= 0), train.bleu_beam_size='
+                      f'{t.bleu_beam_size} (>= 1) or train.bleu_alpha={t.bleu_alpha} (>= 0) is '
+                      'out of range')
+  if t.bleu_examples and cfg.family != 'encoder_decoder':
+    raise ConfigError(f'train.bleu_examples={t.bleu_examples}: BLEU is for encoder_decoder '
+                      f'models (this one is {cfg.family}); set it to 0')
+  if t.bleu_tokenize not in BLEU_TOKENIZERS:
+    raise ConfigError(f'train.bleu_tokenize={t.bleu_tokenize!r} is invalid: must be one of '
+                      + ', '.join(BLEU_TOKENIZERS))
   if not 0 <= t.label_smoothing < 1:
     raise ConfigError(f'train.label_smoothing={t.label_smoothing!r} is invalid: must be in [0, 1)')
   if config.data.batch_size % t.grad_accum_steps:
@@ -321,6 +332,13 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
     hosts = sharding.gather_host_states(train_iter.get_state())
     ckpts.save(step, par.saveable(state), {'hosts': hosts}, meta_now)
 
+  bleu_pairs = []
+  if config.train.bleu_examples:
+    if jax.process_count() == 1:
+      from transformer import evaluate as evaluation
+      bleu_pairs = evaluation.held_out_pairs(config, tokenizer, config.train.bleu_examples)
+    else:  # each host holds different examples; beam search runs on the global params
+      _print('note: train.bleu_examples is ignored with several processes (BLEU needs one)')
   mesh = dict(zip(par.mesh.axis_names, par.mesh.devices.shape))
   _print(f'{cfg.family} ({task}): {counts["params"]:,} parameters, '
          f'{scaling.format_count(counts["flops_per_token"])} FLOPs/token; '
@@ -366,6 +384,8 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
       window, window_start, timed_from = None, step, step + 1
     if step % config.train.eval_every == 0 or step == config.train.num_steps:
       last_eval = evaluate(lambda b: par.eval(state, b), config, tokenizer, task, batch)
+      if bleu_pairs:
+        last_eval.update(_bleu(model, par.params(state), bleu_pairs, tokenizer, config))
       record.update(last_eval)
     if record:
       writer.write(step, record)
@@ -432,6 +452,15 @@ def _sample_text(model, params, tokenizer, config) -> str:
   return config.train.sample_prompt + tokenizer.decode(ids)
 
 
+def _bleu(model, params, pairs, tokenizer, config) -> dict[str, float]:
+  from transformer import evaluate as evaluation
+  t = config.train
+  result = evaluation.bleu(model, params, pairs, tokenizer, max_len=config.data.seq_len,
+                           beam_size=t.bleu_beam_size, alpha=t.bleu_alpha,
+                           tokenize=t.bleu_tokenize)
+  return {'eval_bleu': result['bleu'], 'eval_exact_match': result['exact_match']}
+
+
 def _report(summary: dict, workdir: str):
   loss = summary.get('final_eval_loss')
   line = f'done: {summary["steps"]} steps, train loss {summary["final_train_loss"]:.4f}'
@@ -439,6 +468,8 @@ def _report(summary: dict, workdir: str):
     line += f', eval loss {loss:.4f}'
   if 'eval_bits_per_byte' in summary:
     line += f' ({summary["eval_bits_per_byte"]:.3f} bits per byte)'
+  if 'eval_bleu' in summary:
+    line += f', BLEU {summary["eval_bleu"]:.1f}'
   line += f', {summary["wall_seconds"]:.0f} s; {workdir}/summary.json'
   print(line)
   if 'sample' in summary:

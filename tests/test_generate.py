@@ -1,0 +1,58 @@
+"""`python -m transformer.generate` and `trained.load` on a real (briefly trained) run."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from tests.test_train import run_config
+from transformer import decode, generate, train, trained
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory, data_dir):
+  workdir = str(tmp_path_factory.mktemp('run'))
+  config = run_config('decoder_only', 'shakespeare', data_dir, 4, train__checkpoint_every=2,
+                      train__eval_batches=1)
+  train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  return workdir
+
+
+def test_load_reads_the_newest_or_a_given_checkpoint(run_dir):
+  newest, second = trained.load(run_dir), trained.load(run_dir, step=2)
+  assert newest.step == 4 and second.step == 2
+  assert newest.cfg.d_model == 64 and newest.config.train.num_steps == 4
+  kernels = [jax.tree.leaves(r.params)[0] for r in (newest, second)]
+  assert not (kernels[0] == kernels[1]).all()  # two steps of training apart
+  with pytest.raises(trained.ConfigError, match='--step=3 has no checkpoint'):
+    trained.load(run_dir, step=3)
+
+
+def test_generated_text_is_the_decoded_continuation(run_dir):
+  run = trained.load(run_dir)
+  tokenizer = run.tokenizer()
+  texts = generate.generate_text(run, ['ab'], num_tokens=6, temperature=0.0)
+  ids = decode.generate(run.model, run.params, [[tokenizer.bos_id, *tokenizer.encode('ab')]], 6,
+                        jax.random.key(0), temperature=0.0, eos_id=tokenizer.eos_id)[0]
+  assert texts == [tokenizer.decode(ids)]
+  samples = generate.generate_text(run, ['ab'], num_tokens=6, num_samples=2, seed=3)
+  assert samples == generate.generate_text(run, ['ab'], num_tokens=6, num_samples=2, seed=3)
+
+
+def test_the_command_prints_samples_and_rejects_bad_flags(run_dir):
+  command = [sys.executable, '-m', 'transformer.generate', f'--workdir={run_dir}']
+  good = subprocess.Popen(command + ['--prompt=ROMEO', '--num_tokens=5', '--temperature=0'],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  bad = subprocess.run(command + ['--beam_size=4'], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+  out, err = good.communicate(timeout=120)
+  assert good.returncode == 0, err
+  assert out.startswith('ROMEO')
+  assert bad.returncode == 2
+  assert bad.stderr.strip().splitlines() == [
+      'error: --beam_size=4: beam search is for encoder_decoder runs; this one is decoder_only '
+      '(sample with --temperature/--top_k/--top_p)']

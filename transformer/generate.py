@@ -1,0 +1,115 @@
+"""Generate text from a trained checkpoint.
+
+  python -m transformer.generate --workdir=runs/default --prompt='ROMEO.' [--num_tokens=200]
+      [--temperature=0.8] [--top_k=40] [--top_p=0.95] [--num_samples=3] [--seed=0] [--step=N]
+  python -m transformer.generate --workdir=RUN --prompt='source text' [--beam_size=4 --alpha=0.6]
+
+A decoder-only run continues each --prompt (repeat the flag for several; --num_samples draws
+that many continuations of each). An encoder-decoder run decodes a target for each --prompt
+(the source): by beam search with --beam_size > 0, else greedily or sampled as above. The
+tokens are decoded with a KV cache (transformer/decode.py).
+"""
+
+import sys
+
+import jax
+
+from transformer import cli, decode
+from transformer.config import ConfigError, check_config
+
+
+def generate_text(run, prompts: list[str], *, num_tokens: int, temperature: float = 0.8,
+                  top_k: int = 0, top_p: float = 1.0, num_samples: int = 1, seed: int = 0,
+                  beam_size: int = 0, alpha: float = 0.6) -> list[str]:
+  """The texts a `trained.Trained` run produces for `prompts` (num_samples per prompt, in
+  prompt order): continuations (decoder-only) or targets (encoder-decoder)."""
+  tokenizer = run.tokenizer()
+  rng = jax.random.key(seed)
+  if run.cfg.family == 'decoder_only':
+    ids = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts for _ in range(num_samples)]
+    out = decode.generate(run.model, run.params, ids, num_tokens, rng, temperature=temperature,
+                          top_k=top_k, top_p=top_p, eos_id=tokenizer.eos_id,
+                          max_context=run.config.data.seq_len)
+  else:
+    sources = [[*tokenizer.encode(p), tokenizer.eos_id] for p in prompts
+               for _ in range(num_samples)]
+    if beam_size:
+      out, _ = decode.beam_search(run.model, run.params, sources, beam_size=beam_size,
+                                  max_len=num_tokens, alpha=alpha, bos_id=tokenizer.bos_id,
+                                  eos_id=tokenizer.eos_id)
+    else:
+      out = decode.translate(run.model, run.params, sources, num_tokens, rng,
+                             bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
+                             temperature=temperature, top_k=top_k, top_p=top_p)
+  return [tokenizer.decode(ids) for ids in out]
+
+
+def check_flags(f, cfg) -> None:
+  """One line naming the flag, before anything is compiled."""
+  if cfg.family == 'encoder_only':
+    raise ConfigError(f'--workdir={f.workdir} holds an encoder_only model, which does not '
+                      'generate; use a decoder_only or encoder_decoder run')
+  if cfg.family == 'encoder_decoder' and (not f.prompt or '' in f.prompt):
+    raise ConfigError('--prompt is required (the source text, for an encoder_decoder run)')
+  checks = [('num_tokens', f.num_tokens >= 1, '>= 1'), ('temperature', f.temperature >= 0, '>= 0'),
+            ('top_k', 0 <= f.top_k <= cfg.vocab_size, f'in [0, {cfg.vocab_size}]'),
+            ('top_p', 0 < f.top_p <= 1, 'in (0, 1]'), ('num_samples', f.num_samples >= 1, '>= 1'),
+            ('beam_size', f.beam_size >= 0, '>= 0 (0: no beam search)'),
+            ('alpha', f.alpha >= 0, '>= 0')]
+  for name, ok, allowed in checks:
+    if not ok:
+      raise ConfigError(f'--{name}={getattr(f, name)} is invalid: must be {allowed}')
+  if f.beam_size and cfg.family != 'encoder_decoder':
+    raise ConfigError(f'--beam_size={f.beam_size}: beam search is for encoder_decoder runs; '
+                      f'this one is {cfg.family} (sample with --temperature/--top_k/--top_p)')
+  if cfg.position == 'learned' and cfg.family == 'encoder_decoder' and f.num_tokens > cfg.max_len:
+    raise ConfigError(f'--num_tokens={f.num_tokens} is longer than the learned position table '
+                      f'(model.max_len={cfg.max_len})')
+
+
+def define_flags():
+  from absl import flags
+
+  from transformer import train  # noqa: F401 - defines --workdir: here, the run to read
+  flags.DEFINE_multi_string('prompt', [''], 'the text to continue (decoder_only) or the source '
+                            '(encoder_decoder); repeat for several')
+  flags.DEFINE_integer('num_tokens', 200, 'tokens to generate (at most)')
+  flags.DEFINE_float('temperature', 0.8, 'sampling temperature; 0 = greedy')
+  flags.DEFINE_integer('top_k', 0, 'sample from the k most likely tokens (0 = all)')
+  flags.DEFINE_float('top_p', 1.0, 'sample from the nucleus holding this much probability')
+  flags.DEFINE_integer('num_samples', 1, 'samples per prompt')
+  flags.DEFINE_integer('seed', 0, 'randomness of the samples')
+  flags.DEFINE_integer('step', None, 'checkpoint to read (default: the newest)')
+  flags.DEFINE_integer('beam_size', 0, 'encoder_decoder: beam search with this many beams')
+  flags.DEFINE_float('alpha', 0.6, 'beam search: length penalty ((5 + length) / 6)^alpha')
+
+
+def main(config, argv):
+  del config  # the run's own config.json is used
+  from absl import flags
+
+  from transformer import trained
+  if len(argv) > 1:
+    cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  f = flags.FLAGS
+  if not f.workdir:
+    cli.fail('--workdir is required: the directory of a trained run')
+  check_flags(f, check_config(trained.read_config(f.workdir)))
+  run = trained.load(f.workdir, f.step)
+  texts = generate_text(run, f.prompt, num_tokens=f.num_tokens, temperature=f.temperature,
+                        top_k=f.top_k, top_p=f.top_p, num_samples=f.num_samples, seed=f.seed,
+                        beam_size=f.beam_size, alpha=f.alpha)
+  for i, text in enumerate(texts):
+    prompt = f.prompt[i // f.num_samples]
+    if run.cfg.family == 'decoder_only':
+      print(prompt + text)
+    else:
+      print(f'{prompt} -> {text}')
+    if i + 1 < len(texts):
+      print('-' * 40)
+  sys.stdout.flush()
+
+
+if __name__ == '__main__':
+  define_flags()
+  cli.run(main)
