@@ -267,25 +267,13 @@ def main(argv):
   print('\n'.join(lines))
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with one-line, exit-2 errors."""
-  from absl import flags
-  from transformer import cli
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    cli.fail(str(e))
-
-
 if __name__ == '__main__':
   # Flags are defined only here: the module is also a library, imported next to other commands.
-  # trained.load imports train, which defines --workdir when imported: share that one.
   from absl import app, flags
-  from transformer import train  # noqa: F401
-  if 'workdir' not in flags.FLAGS:
-    flags.DEFINE_string('workdir', None, 'directory of a trained run')
+  from transformer import cli
+  cli.define_workdir_flag()
   flags.DEFINE_integer('step', None, 'checkpoint to evaluate (default: the newest)')
   flags.DEFINE_integer('eval_batches', 10, 'held-out batches to evaluate each masked model on')
   flags.DEFINE_string('heads', '', 'KIND:LAYER:HEAD,...: mask these heads, alone and together, '
                       'instead of every head alone (e.g. decoder/attention:0:3)')
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

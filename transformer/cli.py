@@ -56,6 +56,22 @@ def enable_compilation_cache():
   jax.config.update('jax_compilation_cache_dir', directory)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing with one-line, exit-2 errors, for commands without --config:
+  `app.run(main, flags_parser=cli.parse_flags)`."""
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e))
+
+
+def define_workdir_flag():
+  """--workdir, for commands that read a trained run. train defines it when imported (and
+  `trained.load` imports train): the commands share that definition."""
+  from transformer import train  # noqa: F401
+
+
 def run(main: Callable, default_config: str = DEFAULT_CONFIG):
   """absl `app.run` with a --config flag (file[:preset]) and one-line, exit-2 errors."""
   from absl import app, flags

@@ -69,8 +69,7 @@ def check_flags(f, cfg) -> None:
 
 def define_flags():
   from absl import flags
-
-  from transformer import train  # noqa: F401 - defines --workdir: here, the run to read
+  cli.define_workdir_flag()
   flags.DEFINE_multi_string('prompt', [''], 'the text to continue (decoder_only) or the source '
                             '(encoder_decoder); repeat for several')
   flags.DEFINE_integer('num_tokens', 200, 'tokens to generate (at most)')
@@ -84,9 +83,9 @@ def define_flags():
   flags.DEFINE_float('alpha', 0.6, 'beam search: length penalty ((5 + length) / 6)^alpha')
 
 
-def main(config, argv):
-  del config  # the run's own config.json is used
+def main(argv):
   from absl import flags
+  from absl import logging as absl_logging
 
   from transformer import trained
   if len(argv) > 1:
@@ -94,8 +93,13 @@ def main(config, argv):
   f = flags.FLAGS
   if not f.workdir:
     cli.fail('--workdir is required: the directory of a trained run')
-  check_flags(f, check_config(trained.read_config(f.workdir)))
-  run = trained.load(f.workdir, f.step)
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  cli.enable_compilation_cache()
+  try:
+    check_flags(f, check_config(trained.read_config(f.workdir)))
+    run = trained.load(f.workdir, f.step)
+  except ConfigError as e:
+    cli.fail(str(e))
   texts = generate_text(run, f.prompt, num_tokens=f.num_tokens, temperature=f.temperature,
                         top_k=f.top_k, top_p=f.top_p, num_samples=f.num_samples, seed=f.seed,
                         beam_size=f.beam_size, alpha=f.alpha)
@@ -111,5 +115,6 @@ def main(config, argv):
 
 
 if __name__ == '__main__':
+  from absl import app
   define_flags()
-  cli.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -835,17 +835,8 @@ def main(argv):
   print(f'report: {path}')
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with one-line, exit-2 errors."""
-  from absl import flags
-  from transformer import cli
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    cli.fail(str(e))
-
-
 if __name__ == '__main__':
   from absl import app
+  from transformer import cli
   define_flags()
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

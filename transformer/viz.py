@@ -680,23 +680,11 @@ def main(argv):
   print('\n'.join(paths))
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with one-line, exit-2 errors."""
-  from absl import flags
-  from transformer import cli
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    cli.fail(str(e))
-
-
 if __name__ == '__main__':
   # Flags are defined only here: the module is also a library, imported next to other commands.
-  # trained.load imports train, which defines --workdir when imported: share that one.
   from absl import app, flags
-  from transformer import train  # noqa: F401
-  if 'workdir' not in flags.FLAGS:
-    flags.DEFINE_string('workdir', None, 'directory of a trained run')
+  from transformer import cli
+  cli.define_workdir_flag()
   flags.DEFINE_string('text', None, 'attention: the input text (the source, for encoder_decoder)')
   flags.DEFINE_string('target', None, 'attention: the target text an encoder_decoder decodes')
   flags.DEFINE_integer('step', None, 'attention: the checkpoint to read (default: the newest)')
@@ -708,4 +696,4 @@ if __name__ == '__main__':
                        'run\'s model.max_len)', lower_bound=2)
   flags.DEFINE_enum('against', 'step', list(AGAINST), 'loss: the x axis')
   flags.DEFINE_bool('log', False, 'loss: logarithmic axes')
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)
