@@ -111,12 +111,13 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0
   return tokens, segments, positions
 
 
-_STATIC = ('model', 'num_tokens', 'temperature', 'top_k', 'top_p', 'eos_id')
+_STATIC = ('model', 'num_tokens', 'temperature', 'top_k', 'top_p')
 
 
 def _finish(token_B, done_B, eos_id):
-  """After its eos a row repeats eos (-1: no eos, never done)."""
-  token_B = jnp.where(done_B, eos_id, token_B) if eos_id >= 0 else token_B
+  """After its eos a row repeats eos (eos_id -1: none, never done). eos_id is traced: another
+  eos does not compile again."""
+  token_B = jnp.where(done_B, eos_id, token_B)
   return token_B, done_B | (token_B == eos_id)
 
 
@@ -178,7 +179,7 @@ def _options(temperature, top_k, top_p, eos_id) -> dict:
     raise ValueError(f'temperature={temperature} (>= 0), top_k={top_k} (>= 0) and top_p={top_p} '
                      '(in (0, 1]) are out of range')
   return dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-              eos_id=-1 if eos_id is None else int(eos_id))
+              eos_id=jnp.int32(-1 if eos_id is None else eos_id))
 
 
 def generate(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]], num_tokens: int,
