@@ -158,10 +158,10 @@ def exhaustive_best(model, params, source, vocab_size, max_len, alpha):
   return best, best_score
 
 
-@pytest.mark.parametrize('alpha', [0.0, 1.0])
-def test_a_wide_beam_finds_the_exhaustive_best(alpha):
-  V, max_len = 5, 4
-  model, params = tiny_model('encoder_decoder', vocab_size=V, sharpen=1.5)
+@pytest.mark.parametrize('alpha,scan', [(0.0, False), (1.0, True)])
+def test_a_wide_beam_finds_the_exhaustive_best(alpha, scan):
+  V, max_len = 5, 4  # scanned layers: the caches of surviving beams are gathered on axis 1
+  model, params = tiny_model('encoder_decoder', vocab_size=V, sharpen=1.5, scan_layers=scan)
   sources = [[1, 4, EOS], [4, 0, 0, 1, EOS]]
   # 2 x beam >= every live hypothesis's continuations ((V - 1)^3 * V): nothing is pruned.
   found, scores = decode.beam_search(model, params, sources, beam_size=160, max_len=max_len,
