@@ -250,16 +250,8 @@ def ablate(workdir: str, step: int | None = None, eval_batches: int = 10,
 
 
 def main(argv):
-  from absl import flags
-  from absl import logging as absl_logging
   from transformer import cli
-  if len(argv) > 1:
-    cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  f = flags.FLAGS
-  if not f.workdir:
-    cli.fail('--workdir is required: the directory of a trained run')
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  cli.enable_compilation_cache()
+  f = cli.begin_workdir_command(argv)
   try:
     lines = ablate(f.workdir, f.step, f.eval_batches, f.heads)
   except ConfigError as e:

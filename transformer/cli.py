@@ -72,6 +72,20 @@ def define_workdir_flag():
   from transformer import train  # noqa: F401
 
 
+def begin_workdir_command(argv: list[str]):
+  """The start of a command that reads a trained run: no positional arguments, --workdir given,
+  libraries' INFO logs off, the compilation cache on. Returns the parsed flags."""
+  from absl import flags
+  from absl import logging as absl_logging
+  if len(argv) > 1:
+    fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not flags.FLAGS.workdir:
+    fail('--workdir is required: the directory of a trained run')
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  enable_compilation_cache()
+  return flags.FLAGS
+
+
 def run(main: Callable, default_config: str = DEFAULT_CONFIG):
   """absl `app.run` with a --config flag (file[:preset]) and one-line, exit-2 errors."""
   from absl import app, flags

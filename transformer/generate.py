@@ -84,17 +84,8 @@ def define_flags():
 
 
 def main(argv):
-  from absl import flags
-  from absl import logging as absl_logging
-
   from transformer import trained
-  if len(argv) > 1:
-    cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  f = flags.FLAGS
-  if not f.workdir:
-    cli.fail('--workdir is required: the directory of a trained run')
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  cli.enable_compilation_cache()
+  f = cli.begin_workdir_command(argv)
   try:
     check_flags(f, check_config(trained.read_config(f.workdir)))
     run = trained.load(f.workdir, f.step)
