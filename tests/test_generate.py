@@ -47,8 +47,14 @@ def test_the_command_prints_samples_and_rejects_bad_flags(run_dir):
   command = [sys.executable, '-m', 'transformer.generate', f'--workdir={run_dir}']
   good = subprocess.Popen(command + ['--prompt=ROMEO', '--num_tokens=5', '--temperature=0'],
                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  too_long = subprocess.Popen(command + ['--prompt=' + 'x' * 40], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   bad = subprocess.run(command + ['--beam_size=4'], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
+  _, too_long_err = too_long.communicate(timeout=120)
+  assert too_long.returncode == 2
+  assert too_long_err.strip().splitlines() == [  # <bos> + 40 bytes, the run trained on 32
+      'error: --prompt: a prompt of 41 tokens leaves no room in a context of 32']
   out, err = good.communicate(timeout=120)
   assert good.returncode == 0, err
   assert out.startswith('ROMEO')

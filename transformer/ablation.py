@@ -93,8 +93,7 @@ def _masked_sums(model: nn.Module, params: Any, keep: dict[str, jax.Array], batc
                  task: str) -> dict[str, jax.Array]:
   """evaluate's sums of one batch with heads masked by `keep`: compiled once per model and batch
   shape, whichever heads `keep` masks."""
-  sums = losses.loss_sums(model, mask_heads(params, model.cfg, keep), batch, task)
-  return {k: sums[k] for k in ('nll', 'correct', 'weight')}
+  return losses.eval_sums(model, mask_heads(params, model.cfg, keep), batch, task)
 
 
 def masked_losses(model: nn.Module, params: Any, batches: list[dict], task: str,
@@ -106,14 +105,8 @@ def masked_losses(model: nn.Module, params: Any, batches: list[dict], task: str,
             for kind, keep_LxN in (head_mask(model.cfg) | dict(keep)).items()} for keep in keeps]
   pending = [[_masked_sums(model, params, keep, batch, task) for batch in batches]
              for keep in keeps]
-  values = []
-  for sums_of_batches in jax.device_get(pending):
-    totals = {key: 0.0 for key in ('nll', 'correct', 'weight')}
-    for sums in sums_of_batches:  # in float64 and in order, as evaluate.sums
-      for key, value in sums.items():
-        totals[key] += float(value)
-    values.append(evaluate.metrics_from_sums(totals, task, False)['eval_loss'])
-  return values
+  return [evaluate.metrics_from_sums(evaluate.add_sums(sums_of_batches), task, False)['eval_loss']
+          for sums_of_batches in pending]
 
 
 @dataclasses.dataclass(frozen=True)

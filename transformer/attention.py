@@ -209,7 +209,7 @@ class MultiHeadAttention(nn.Module):
     v = nn.with_logical_constraint(v, ('batch', 'length', 'kv_heads', 'head_dim'))
 
     bias = None
-    if self_attention and self.position in ('rope', 'alibi'):
+    if self_attention:
       if q_positions_BxT is None:
         q_positions_BxT = jnp.broadcast_to(jnp.arange(x_BxTxD.shape[1]), x_BxTxD.shape[:2])
       if kv_positions_BxS is None:
@@ -217,13 +217,11 @@ class MultiHeadAttention(nn.Module):
       if self.position == 'rope':
         q = positional.apply_rope(q, q_positions_BxT, self.rope_base)
         k = positional.apply_rope(k, kv_positions_BxS, self.rope_base)
-    if use_cache and self_attention:
-      if q_positions_BxT is None:
-        q_positions_BxT = jnp.broadcast_to(jnp.arange(x_BxTxD.shape[1]), x_BxTxD.shape[:2])
-      k, v, mask, kv_positions_BxS = self._cached(k, v, mask, is_causal, q_positions_BxT)
-      is_causal = False  # the cached mask holds causality
-    if self_attention and self.position == 'alibi':
-      bias = positional.alibi_bias(N, q_positions_BxT, kv_positions_BxS)
+      if use_cache:
+        k, v, mask, kv_positions_BxS = self._cached(k, v, mask, is_causal, q_positions_BxT)
+        is_causal = False  # the cached mask holds causality
+      if self.position == 'alibi':
+        bias = positional.alibi_bias(N, q_positions_BxT, kv_positions_BxS)
 
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:

@@ -167,11 +167,13 @@ def _generate_uncached(model, params, tokens_BxP, segments_BxP, positions_BxP, r
   return tokens_BxL[:, P:]
 
 
+def _cut(row: list[int], eos_id: int | None) -> list[int]:
+  """The tokens before the first eos."""
+  return row[:row.index(eos_id)] if eos_id is not None and eos_id in row else row
+
+
 def _trim(tokens_BxN: np.ndarray, eos_id: int | None) -> list[list[int]]:
-  rows = []
-  for row in np.asarray(tokens_BxN).tolist():
-    rows.append(row[:row.index(eos_id)] if eos_id is not None and eos_id in row else row)
-  return rows
+  return [_cut(row, eos_id) for row in np.asarray(tokens_BxN).tolist()]
 
 
 def _options(temperature, top_k, top_p, eos_id) -> dict:
@@ -213,7 +215,7 @@ def generate(model: nn.Module, params: Any, prompts: Sequence[Sequence[int]], nu
                          num_tokens=room, **options))
     for row, row_tokens in enumerate(new.tolist()):
       if not done[row]:
-        kept = _trim(np.asarray([row_tokens]), eos_id)[0]
+        kept = _cut(row_tokens, eos_id)
         sequences[row] += kept
         done[row] = len(kept) < len(row_tokens)
     produced += room

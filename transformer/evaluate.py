@@ -10,7 +10,6 @@ During training, `train.evaluate` computes the same numbers on the sharded train
 """
 
 import copy
-import functools
 import math
 from typing import Any
 
@@ -43,19 +42,22 @@ def held_out_batches(config: Any, tokenizer, num_batches: int, seq_len: int | No
   return batches
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'task'))
-def _sums(model: nn.Module, params: Any, batch: dict, task: str) -> dict[str, jax.Array]:
-  sums = losses.loss_sums(model, params, batch, task)
-  return {k: sums[k] for k in ('nll', 'correct', 'weight')}
+_eval_sums = jax.jit(losses.eval_sums, static_argnames=('model', 'task'))
+
+
+def add_sums(per_batch: list[dict]) -> dict[str, float]:
+  """`losses.eval_sums` of several batches added up on the host, in float64 and in order."""
+  totals = {key: 0.0 for key in losses.EVAL_SUMS}
+  for sums_of_batch in jax.device_get(per_batch):
+    for key in totals:
+      totals[key] += float(sums_of_batch[key])
+  return totals
 
 
 def sums(model: nn.Module, params: Any, batches: list[dict], task: str) -> dict[str, float]:
-  """nll, correct predictions and weight summed over the batches (float64 on the host)."""
-  totals = {'nll': 0.0, 'correct': 0.0, 'weight': 0.0}
-  for batch in batches:
-    for key, value in jax.device_get(_sums(model, params, batch, task)).items():
-      totals[key] += float(value)
-  return totals
+  """nll, correct predictions and weight summed over the batches (every batch is dispatched
+  before the first result is read)."""
+  return add_sums([_eval_sums(model, params, batch, task) for batch in batches])
 
 
 def metrics_from_sums(totals: dict[str, float], task: str, byte_tokens: bool

@@ -91,9 +91,12 @@ def main(argv):
     run = trained.load(f.workdir, f.step)
   except ConfigError as e:
     cli.fail(str(e))
-  texts = generate_text(run, f.prompt, num_tokens=f.num_tokens, temperature=f.temperature,
-                        top_k=f.top_k, top_p=f.top_p, num_samples=f.num_samples, seed=f.seed,
-                        beam_size=f.beam_size, alpha=f.alpha)
+  try:  # decode checks lengths (a prompt longer than the model's context) before compiling
+    texts = generate_text(run, f.prompt, num_tokens=f.num_tokens, temperature=f.temperature,
+                          top_k=f.top_k, top_p=f.top_p, num_samples=f.num_samples, seed=f.seed,
+                          beam_size=f.beam_size, alpha=f.alpha)
+  except ValueError as e:
+    cli.fail(f'--prompt: {e}')
   for i, text in enumerate(texts):
     prompt = f.prompt[i // f.num_samples]
     if run.cfg.family == 'decoder_only':

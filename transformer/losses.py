@@ -59,3 +59,12 @@ def loss_sums(model: nn.Module, params: Any, batch: dict, task: str, *,
   correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
   return {'loss': jnp.sum(loss * weights), 'nll': jnp.sum(nll * weights),
           'correct': jnp.sum(correct * weights), 'weight': jnp.sum(weights)}
+
+
+EVAL_SUMS = ('nll', 'correct', 'weight')
+
+
+def eval_sums(model: nn.Module, params: Any, batch: dict, task: str) -> dict[str, jax.Array]:
+  """The sums evaluation adds up over batches (and devices): nll, correct predictions, weight."""
+  sums = loss_sums(model, params, batch, task)
+  return {k: sums[k] for k in EVAL_SUMS}

@@ -112,8 +112,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Modu
 
 def eval_step(params: Any, batch: dict, *, model: nn.Module, task: str) -> dict[str, jax.Array]:
   """Weighted sums of nll, correct predictions and weight over the batch."""
-  sums = losses.loss_sums(model, params, batch, task)
-  return {k: sums[k] for k in ('nll', 'correct', 'weight')}
+  return losses.eval_sums(model, params, batch, task)
 
 
 # --- validation ----------------------------------------------------------------------------------

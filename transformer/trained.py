@@ -52,18 +52,12 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 def load(workdir: str, step: int | None = None) -> Trained:
   """The run in `workdir` at checkpoint `step` (default: the newest); a ConfigError if there is
   no run or no such checkpoint."""
-  from transformer import checkpoint
-  from transformer.train import TrainState
+  from transformer import checkpoint, train
 
   config = read_config(workdir)
   cfg = check_config(config)
   tx, _ = optim.make_optimizer(config.opt, config.train.num_steps, cfg)
-
-  def init(rng):
-    params = models.init_params(cfg, rng)
-    return TrainState(step=jax.numpy.int32(0), params=params, opt_state=tx.init(params))
-
-  abstract = jax.eval_shape(init, jax.random.key(0))
+  abstract = jax.eval_shape(functools.partial(train.init_state, cfg, tx), jax.random.key(0))
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'))
   try:
     steps = ckpts.steps()

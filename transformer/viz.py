@@ -23,20 +23,22 @@ import numpy as np
 from transformer.config import ConfigError
 
 
+def _series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+  """(steps, values) of the records that hold a number under `key`."""
+  points = [(r['step'], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+  return np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
+
+
 def plot_loss_curve(records: list[dict], path: str, title: str = ''):
   """Training loss (and evaluation loss, where recorded) against step, as a PNG."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  def series(key):
-    points = [(r['step'], r[key]) for r in records if isinstance(r.get(key), (int, float))]
-    return [p[0] for p in points], [p[1] for p in points]
-
   fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
   for key, label, style in (('loss', 'train loss', '-'), ('eval_loss', 'eval loss', 'o-')):
-    steps, values = series(key)
-    if steps:
+    steps, values = _series(records, key)
+    if len(steps):
       ax.plot(steps, values, style, label=label, markersize=4)
   ax.set_xlabel('step')
   ax.set_ylabel('loss (nats per token)')
@@ -496,11 +498,6 @@ def read_loss_curve(directory: str, name: str | None = None) -> LossCurve:
   """The losses of the run in `directory` (metrics.jsonl), with its config's tokens per step and
   FLOPs per token where config.json is there."""
   from transformer import metrics
-
-  def series(key):
-    points = [(r['step'], r[key]) for r in records if isinstance(r.get(key), (int, float))]
-    return np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
-
   records = metrics.read_jsonl(os.path.join(directory, 'metrics.jsonl'))
   config = _read_json(os.path.join(directory, 'config.json'))
   summary = _read_json(os.path.join(directory, 'summary.json')) or {}
@@ -513,8 +510,8 @@ def read_loss_curve(directory: str, name: str | None = None) -> LossCurve:
     tokens_per_step = config.data.batch_size * config.data.seq_len
     flops_per_token = summary.get('flops_per_token') or scaling.summarize(
         check_config(config), config.data.seq_len)['flops_per_token']
-  step, loss = series('loss')
-  eval_step, eval_loss = series('eval_loss')
+  step, loss = _series(records, 'loss')
+  eval_step, eval_loss = _series(records, 'eval_loss')
   return LossCurve(name or os.path.basename(os.path.normpath(directory)), directory, step, loss,
                    eval_step, eval_loss, tokens_per_step, flops_per_token)
 
