@@ -96,15 +96,8 @@ def dot_product_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH:
   B, T, N, H = q_BxTxNxH.shape
   S, K = k_BxSxKxH.shape[1], k_BxSxKxH.shape[2]
   if impl == 'einsum':
-    weights_BxNxTxS = attention_weights(q_BxTxNxH, k_BxSxKxH, mask=mask, bias=bias,
-                                        is_causal=is_causal, scale=scale)
-    if dropout_rate > 0.0 and dropout_rng is not None:
-      keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights_BxNxTxS.shape)
-      weights_BxNxTxS = jnp.where(keep, weights_BxNxTxS / (1.0 - dropout_rate), 0.0)
-    G = N // K
-    weights_BxKxGxTxS = weights_BxNxTxS.reshape(B, K, G, T, S).astype(v_BxSxKxH.dtype)
-    out_BxTxKxGxH = jnp.einsum('BKGTS,BSKH->BTKGH', weights_BxKxGxTxS, v_BxSxKxH)
-    return out_BxTxKxGxH.reshape(B, T, N, H)
+    return _einsum_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, bias, is_causal,
+                             H ** -0.5 if scale is None else scale, dropout_rate, dropout_rng)
   if impl not in ('xla', 'cudnn'):
     raise ValueError(f"attention impl must be 'einsum', 'xla' or 'cudnn', got {impl!r}")
   if dropout_rate > 0.0 and dropout_rng is not None:
@@ -115,10 +108,50 @@ def dot_product_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH:
       q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, bias=bias, mask=mask, scale=scale, is_causal=is_causal,
       implementation=impl)
   if mask is not None:  # jax averages V over a fully masked row; we return zeros there
-    visible = combine_masks(mask, causal_mask(T, S) if is_causal else None)
-    sees_any_BxTxNx1 = jnp.swapaxes(jnp.any(visible, axis=-1), 1, 2)[..., None]
-    out_BxTxNxH = out_BxTxNxH * sees_any_BxTxNx1.astype(out_BxTxNxH.dtype)
+    out_BxTxNxH = _zero_unseeing_queries(
+        out_BxTxNxH, combine_masks(mask, causal_mask(T, S) if is_causal else None))
   return out_BxTxNxH
+
+
+def _einsum_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, bias, is_causal, scale,
+                      dropout_rate, dropout_rng) -> jax.Array:
+  """The einsum path of `dot_product_attention`, laid out for speed (on CPU it measured ~15%
+  faster per train step than the direct form, experiments/perf/RESULTS.md): heads are moved
+  in front explicitly, so each batched matmul multiplies contiguous (T, H) and (H, S) blocks;
+  Q is scaled before Q K^T (a (T, H) operand, not (T, S)); the mask is one additive term
+  folded into the softmax, and queries that see no key are zeroed on the (T, H) output."""
+  B, T, N, H = q_BxTxNxH.shape
+  S, K = k_BxSxKxH.shape[1], k_BxSxKxH.shape[2]
+  G = N // K
+  if is_causal:
+    mask = combine_masks(mask, causal_mask(T, S))
+  q_BxKxGxTxH = (q_BxTxNxH * jnp.asarray(scale, q_BxTxNxH.dtype)).reshape(
+      B, T, K, G, H).transpose(0, 2, 3, 1, 4)
+  k_BxKxSxH = k_BxSxKxH.transpose(0, 2, 1, 3)
+  v_BxKxSxH = v_BxSxKxH.transpose(0, 2, 1, 3)
+  logits_BxKxGxTxS = jnp.einsum('BKGTH,BKSH->BKGTS', q_BxKxGxTxH, k_BxKxSxH,
+                                preferred_element_type=jnp.float32)
+  if bias is not None:
+    logits_BxKxGxTxS = logits_BxKxGxTxS + _grouped(bias, K, G).astype(jnp.float32)
+  if mask is not None:  # hidden keys get weight exp(-huge) = 0; finite, so never NaN
+    hidden = jnp.where(_grouped(mask, K, G), 0.0, jnp.finfo(jnp.float32).min / 2)
+    logits_BxKxGxTxS = logits_BxKxGxTxS + hidden
+  weights_BxKxGxTxS = jax.nn.softmax(logits_BxKxGxTxS, axis=-1)
+  if dropout_rate > 0.0 and dropout_rng is not None:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights_BxKxGxTxS.shape)
+    weights_BxKxGxTxS = jnp.where(keep, weights_BxKxGxTxS / (1.0 - dropout_rate), 0.0)
+  out_BxKxGxTxH = jnp.einsum('BKGTS,BKSH->BKGTH', weights_BxKxGxTxS.astype(v_BxSxKxH.dtype),
+                             v_BxKxSxH)
+  out_BxTxNxH = out_BxKxGxTxH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+  return _zero_unseeing_queries(out_BxTxNxH, mask)
+
+
+def _zero_unseeing_queries(out_BxTxNxH: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """Zeros the output of each query whose mask row hides every key."""
+  if mask is None:
+    return out_BxTxNxH
+  sees_any_BxTxNx1 = jnp.swapaxes(jnp.any(mask, axis=-1), 1, 2)[..., None]
+  return out_BxTxNxH * sees_any_BxTxNx1.astype(out_BxTxNxH.dtype)
 
 
 # --- the module --------------------------------------------------------------------------------
