@@ -397,10 +397,11 @@ def test_workdir_problems_give_one_line(tmp_path, data_dir):
   assert sorted(os.listdir(run / 'checkpoints')) == ['4']  # nothing of the user's was touched
 
 
-def test_bench_reports_the_contract_fields():
+def test_bench_reports_the_contract_fields(data_dir):
   result = subprocess.run([sys.executable, '-m', 'transformer.bench',
                            '--config=configs/decoder_only.py:tiny', '--config.data.seq_len=32',
-                           '--config.data.batch_size=4', '--json', '--windows=2', '--steps=2'],
+                           '--config.data.batch_size=4', f'--config.data.data_dir={data_dir}',
+                           '--json', '--windows=2', '--steps=2'],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   info = json.loads(result.stdout.strip().splitlines()[-1])
@@ -410,6 +411,12 @@ def test_bench_reports_the_contract_fields():
   assert info['params'] == 132_864  # the tiny preset (describe's count)
   assert info['tokens_per_sec'] == pytest.approx(4 * 32 / (info['step_ms'] / 1000), rel=1e-6)
   assert 0 < info['mfu'] < 1.5 and info['compile_s'] > 0
+  assert isinstance(info['compile_cache_hit'], bool)
+  # The step holds at least the parameters, AdamW's two moments and the updated copies' inputs.
+  assert info['step_peak_bytes'] >= 3 * 4 * info['params']
+  assert info['host_peak_rss_bytes'] > info['step_peak_bytes']
+  assert info['device_peak_bytes'] is None  # the CPU allocator keeps no statistics
+  assert 0 < info['data_ms'] < 10_000, info.get('data_error')
 
 
 def test_cpu_peak_is_measured_not_assumed():

@@ -24,7 +24,7 @@ def fail(message: str, code: int = 2):
   sys.exit(code)
 
 
-def _last_line(error: BaseException) -> str:
+def last_line(error: BaseException) -> str:
   """The useful line of an error whose text may hold a whole traceback."""
   lines = [line.strip() for line in str(error).splitlines() if line.strip()]
   line = lines[-1] if lines else type(error).__name__
@@ -105,11 +105,11 @@ def run(main: Callable, default_config: str = DEFAULT_CONFIG):
     try:
       return flags.FLAGS(argv)
     except flags.Error as e:
-      fail(_last_line(e) if 'Error whilst parsing config file' not in str(e)
-           else f'--config: {_last_line(e)}')
+      fail(last_line(e) if 'Error whilst parsing config file' not in str(e)
+           else f'--config: {last_line(e)}')
     except Exception as e:  # a config file that does not parse or whose get_config fails
       given = [a for a in argv if a.startswith('--config=')]
-      fail(f'{given[-1] if given else "--config"}: {type(e).__name__}: {_last_line(e)}')
+      fail(f'{given[-1] if given else "--config"}: {type(e).__name__}: {last_line(e)}')
 
   def wrapped(argv):
     if not any(a.startswith(('--verbosity', '-v')) for a in sys.argv[1:]):
@@ -120,7 +120,7 @@ def run(main: Callable, default_config: str = DEFAULT_CONFIG):
     try:
       config.get('model')
     except IOError as e:  # a config file that could not be loaded
-      fail(f'{source}: {_last_line(e)}')
+      fail(f'{source}: {last_line(e)}')
     except AttributeError:
       fail(f'{source}: get_config() returned {type(config).__name__}, not a ConfigDict')
     try:

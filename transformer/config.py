@@ -20,6 +20,7 @@ ACTIVATIONS = ('relu', 'gelu', 'gelu_tanh', 'swiglu')
 NORMS = ('layernorm', 'rmsnorm')
 POOLINGS = ('first', 'mean')
 ATTENTION_IMPLS = ('einsum', 'xla', 'cudnn')
+REMAT_POLICIES = ('full', 'dots', 'dots_no_batch')  # what model.remat keeps (models.py)
 DTYPES = ('float32', 'bfloat16', 'float16')
 PARAMETRIZATIONS = ('sp', 'mup')
 
@@ -65,6 +66,7 @@ class ModelConfig:
   attention_impl: str = 'einsum'
   scan_layers: bool = False
   remat: bool = False
+  remat_policy: str = 'full'
   dtype: str = 'float32'
   param_dtype: str = 'float32'
 
@@ -132,6 +134,7 @@ def _check_values(cfg: ModelConfig):
   one_of('head', HEADS[cfg.family])
   for name, allowed in (('position', POSITIONS), ('activation', ACTIVATIONS), ('norm', NORMS),
                         ('pooling', POOLINGS), ('attention_impl', ATTENTION_IMPLS),
+                        ('remat_policy', REMAT_POLICIES),
                         ('dtype', DTYPES), ('param_dtype', DTYPES),
                         ('parametrization', PARAMETRIZATIONS)):
     one_of(name, allowed)

@@ -26,6 +26,16 @@ from transformer import attention, layers, positional
 from transformer.config import ModelConfig
 
 
+# What a rematerialised block keeps from its forward pass (model.remat_policy); the rest is
+# recomputed in the backward pass. 'dots_no_batch' keeps the matmuls with weights (projections,
+# feed-forward) but not the batched attention scores, whose memory grows with T x S.
+REMAT_POLICIES = {
+    'full': None,  # nothing but the block's inputs
+    'dots': jax.checkpoint_policies.dots_saveable,
+    'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
 def default_positions(tokens_BxT: jax.Array, segment_ids_BxT: jax.Array | None) -> jax.Array:
   if segment_ids_BxT is not None:
     return positional.positions_from_segments(segment_ids_BxT)
@@ -158,6 +168,7 @@ class Stack(nn.Module):
                                                             'use_cache': use_cache}
     if cfg.remat:  # `deterministic`, the last argument, is static (self is 0, x is 1)
       block_cls = nn.remat(block_cls, prevent_cse=not cfg.scan_layers,
+                           policy=REMAT_POLICIES[cfg.remat_policy],
                            static_argnums=(1 + len(block_args),))
     if cfg.scan_layers:
       def body(block, carry, *args):

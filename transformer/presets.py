@@ -54,6 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
   m.attention_impl = 'einsum'  # einsum, or xla / cudnn (jax.nn.dot_product_attention)
   m.scan_layers = False  # stack blocks with nn.scan: compile time flat in depth
   m.remat = False  # rematerialise each block in the backward pass: less memory, more compute
+  m.remat_policy = 'full'  # with remat, what the forward pass keeps: full (only each block's
+  #   input; everything else recomputed), dots (every matmul output, attention scores too),
+  #   dots_no_batch (projection and feed-forward outputs, not the T x S attention scores)
   m.dtype = 'float32'  # compute dtype: float32 or bfloat16 (softmax and norms stay float32)
   m.param_dtype = 'float32'  # parameter (and optimizer state) dtype
 
