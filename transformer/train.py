@@ -309,6 +309,7 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
   counts = scaling.summarize(cfg, config.data.seq_len)
   tokens_per_step = config.data.batch_size * config.data.seq_len
   peak_flops = bench.mesh_peak_flops(list(par.mesh.devices.flat))
+  stop = _Stop()  # before metrics.jsonl appears: a SIGTERM from then on is a clean stop
   writer = metrics.MetricWriter(workdir, resume_step=start, enabled=_is_main())
   first_bad = jax.jit(lambda bad, finite, step: jnp.where((bad < 0) & ~finite, step, bad))
 
@@ -346,7 +347,6 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
          + (f' on {par.mesh.devices.size} devices ({par.kind}, '
             + ', '.join(f'{k} {v}' for k, v in mesh.items()) + ')'
             if par.mesh.devices.size > 1 else ''))
-  stop = _Stop()
   started = time.perf_counter()
   bad_step = jnp.int32(-1)
   window, window_start = None, start
@@ -359,10 +359,15 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
   progress = _progress(start, config.train.num_steps, enabled=_is_main())
   step = start
   for step in range(start + 1, config.train.num_steps + 1):
-    batch = next(train_iter)
-    state, m = par.step(state, batch, rng)
-    bad_step = first_bad(bad_step, m['finite'], step)
-    window = m if window is None else jax.tree.map(jnp.add, window, m)
+    # Dispatching a step never waits for the device: the device runs ahead while the host takes
+    # the next (prefetched) batch, and metrics are read only at log steps. On GPU and TPU an
+    # implicit read of a device value here raises (CPU arrays live on the host: nothing to
+    # guard there).
+    with jax.transfer_guard_device_to_host('disallow'):
+      batch = next(train_iter)
+      state, m = par.step(state, batch, rng)
+      bad_step = first_bad(bad_step, m['finite'], step)
+      window = m if window is None else jax.tree.map(jnp.add, window, m)
     progress.update(1)
     if step == start + 1:
       jax.block_until_ready(m)
