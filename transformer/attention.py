@@ -115,35 +115,45 @@ def dot_product_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH:
 
 def _einsum_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, bias, is_causal, scale,
                       dropout_rate, dropout_rng) -> jax.Array:
-  """The einsum path of `dot_product_attention`, laid out for speed (on CPU it measured ~15%
-  faster per train step than the direct form, experiments/perf/RESULTS.md): heads are moved
-  in front explicitly, so each batched matmul multiplies contiguous (T, H) and (H, S) blocks;
-  Q is scaled before Q K^T (a (T, H) operand, not (T, S)); the mask is one additive term
-  folded into the softmax, and queries that see no key are zeroed on the (T, H) output."""
+  """The einsum path of `dot_product_attention`, laid out for speed (on CPU the train step
+  measured ~15% faster than the direct form, experiments/perf/RESULTS.md): heads are moved in
+  front explicitly and the G query heads of a key/value head are stacked along the query axis,
+  so each batched matmul multiplies contiguous 4-D (G T, H) and (H, S) blocks (a 5-D
+  (K, G, T, S) layout lost the gain); Q is scaled before Q K^T (a (T, H) operand, not (T, S));
+  the mask is one additive term folded into the softmax, and queries that see no key are
+  zeroed on the (T, H) output."""
   B, T, N, H = q_BxTxNxH.shape
   S, K = k_BxSxKxH.shape[1], k_BxSxKxH.shape[2]
   G = N // K
   if is_causal:
     mask = combine_masks(mask, causal_mask(T, S))
-  q_BxKxGxTxH = (q_BxTxNxH * jnp.asarray(scale, q_BxTxNxH.dtype)).reshape(
-      B, T, K, G, H).transpose(0, 2, 3, 1, 4)
+  q_BxKxGTxH = (q_BxTxNxH * jnp.asarray(scale, q_BxTxNxH.dtype)).reshape(
+      B, T, K, G, H).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, H)
   k_BxKxSxH = k_BxSxKxH.transpose(0, 2, 1, 3)
   v_BxKxSxH = v_BxSxKxH.transpose(0, 2, 1, 3)
-  logits_BxKxGxTxS = jnp.einsum('BKGTH,BKSH->BKGTS', q_BxKxGxTxH, k_BxKxSxH,
-                                preferred_element_type=jnp.float32)
+  logits_BxKxGTxS = jnp.einsum('BKQH,BKSH->BKQS', q_BxKxGTxH, k_BxKxSxH,
+                               preferred_element_type=jnp.float32)
   if bias is not None:
-    logits_BxKxGxTxS = logits_BxKxGxTxS + _grouped(bias, K, G).astype(jnp.float32)
+    logits_BxKxGTxS = logits_BxKxGTxS + _stacked(bias, K, G).astype(jnp.float32)
   if mask is not None:  # hidden keys get weight exp(-huge) = 0; finite, so never NaN
-    hidden = jnp.where(_grouped(mask, K, G), 0.0, jnp.finfo(jnp.float32).min / 2)
-    logits_BxKxGxTxS = logits_BxKxGxTxS + hidden
-  weights_BxKxGxTxS = jax.nn.softmax(logits_BxKxGxTxS, axis=-1)
+    hidden = jnp.where(_stacked(mask, K, G), 0.0, jnp.finfo(jnp.float32).min / 2)
+    logits_BxKxGTxS = logits_BxKxGTxS + hidden
+  weights_BxKxGTxS = jax.nn.softmax(logits_BxKxGTxS, axis=-1)
   if dropout_rate > 0.0 and dropout_rng is not None:
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights_BxKxGxTxS.shape)
-    weights_BxKxGxTxS = jnp.where(keep, weights_BxKxGxTxS / (1.0 - dropout_rate), 0.0)
-  out_BxKxGxTxH = jnp.einsum('BKGTS,BKSH->BKGTH', weights_BxKxGxTxS.astype(v_BxSxKxH.dtype),
-                             v_BxKxSxH)
-  out_BxTxNxH = out_BxKxGxTxH.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights_BxKxGTxS.shape)
+    weights_BxKxGTxS = jnp.where(keep, weights_BxKxGTxS / (1.0 - dropout_rate), 0.0)
+  out_BxKxGTxH = jnp.einsum('BKQS,BKSH->BKQH', weights_BxKxGTxS.astype(v_BxSxKxH.dtype),
+                            v_BxKxSxH)
+  out_BxTxNxH = out_BxKxGTxH.reshape(B, K, G, T, H).transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
   return _zero_unseeing_queries(out_BxTxNxH, mask)
+
+
+def _stacked(x: jax.Array, K: int, G: int) -> jax.Array:
+  """(b, N or 1, t, s) -> (b, K or 1, G t, s): a mask or bias for queries stacked by group."""
+  b, n, t, s = x.shape
+  if n == 1:
+    return jnp.tile(x, (1, 1, G, 1))
+  return x.reshape(b, K, G * t, s)
 
 
 def _zero_unseeing_queries(out_BxTxNxH: jax.Array, mask: jax.Array | None) -> jax.Array:
