@@ -661,6 +661,7 @@ def main(argv):
   if args and command != 'loss':
     cli.fail(f'{command}: unexpected arguments: {" ".join(args)}')
   absl_logging.set_verbosity(absl_logging.WARNING)
+  cli.enable_compilation_cache()
   f = flags.FLAGS
   try:
     if command == 'attention':
