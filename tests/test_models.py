@@ -202,7 +202,7 @@ def test_scan_equals_unrolled(family, rng):
 
 @pytest.mark.parametrize('family,scan,policy', [
     ('decoder_only', False, 'full'), ('encoder_decoder', False, 'dots_no_batch'),
-    ('decoder_only', True, 'full'), ('decoder_only', True, 'dots')])
+    ('decoder_only', True, 'dots')])
 def test_remat_equals_plain_with_dropout(family, scan, policy, rng):
   """Same outputs and gradients, dropout included (remat replays the same random bits)."""
   base = dict(num_layers=2, dropout=0.2, attention_dropout=0.1, scan_layers=scan)
@@ -227,10 +227,10 @@ def test_remat_policies_order_the_memory_of_the_step():
   attention scores too (dots) < no remat. (Unrolled stacks on XLA:CPU show no saving: its
   scheduler runs the recomputation early; see experiments/perf/RESULTS.md.)"""
   def temp_bytes(**kw):
-    cfg = make_cfg('decoder_only', num_layers=4, d_model=32, num_heads=2, d_ff=64, max_len=64,
+    cfg = make_cfg('decoder_only', num_layers=3, d_model=32, num_heads=2, d_ff=64, max_len=32,
                    scan_layers=True, **kw)
     params = models.init_params(cfg, jax.random.key(0))
-    tokens = jnp.zeros((4, 64), jnp.int32)
+    tokens = jnp.zeros((2, 32), jnp.int32)
     grad = jax.jit(jax.grad(lambda p: run(cfg, p, tokens).sum()))
     return grad.lower(params).compile().memory_analysis().temp_size_in_bytes
   none = temp_bytes()
