@@ -412,7 +412,7 @@ def test_bench_reports_the_contract_fields(data_dir):
   assert info['tokens_per_sec'] == pytest.approx(4 * 32 / (info['step_ms'] / 1000), rel=1e-6)
   assert 0 < info['mfu'] < 1.5 and info['compile_s'] > 0
   assert isinstance(info['compile_cache_hit'], bool)
-  # The step holds at least the parameters, AdamW's two moments and the updated copies' inputs.
+  # The step holds at least the float32 parameters and AdamW's two moments.
   assert info['step_peak_bytes'] >= 3 * 4 * info['params']
   assert info['host_peak_rss_bytes'] > info['step_peak_bytes']
   assert info['device_peak_bytes'] is None  # the CPU allocator keeps no statistics

@@ -24,7 +24,6 @@ import functools
 import json
 import resource
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -252,10 +251,11 @@ def main(config, argv):
   print(f'memory: step peak {_gib(result["step_peak_bytes"])} (temporaries '
         f'{_gib(result["step_temp_bytes"])}), device peak {_gib(result["device_peak_bytes"])}, '
         f'host RSS {_gib(result["host_peak_rss_bytes"])}')
-  if 'data_ms' in result:
+  if result.get('data_ms') is not None:
     print(f'data: {result["data_ms"]:.1f} ms per batch ({result["data_ms"] / result["step_ms"]:.1%}'
-          ' of a step, overlapped by prefetching)' if result['data_ms'] is not None
-          else f'data: not timed ({result["data_error"]})', file=sys.stdout)
+          ' of a step, overlapped by prefetching)')
+  elif 'data_error' in result:
+    print(f'data: not timed ({result["data_error"]})')
 
 
 if __name__ == '__main__':

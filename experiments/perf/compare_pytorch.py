@@ -106,9 +106,14 @@ def torch_worker(fields: dict, warmup: int):
                                                            'weight_decay': 0.0}],
       lr=o.lr, betas=(o.b1, o.b2), eps=o.eps, fused=True)
   total, warm = config.train.num_steps, o.warmup_steps
-  schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, s / warm) if s < warm
-                                               else o.final_lr_ratio + (1 - o.final_lr_ratio) * 0.5
-                                               * (1 + math.cos(math.pi * min(1.0, (s - warm) / max(total - warm, 1)))))
+
+  def lr_factor(step: int) -> float:  # linear warmup, then cosine to final_lr_ratio (as ours)
+    if step < warm:
+      return step / warm
+    progress = min(1.0, (step - warm) / max(total - warm, 1))
+    return o.final_lr_ratio + (1 - o.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+  schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
   rng = np.random.default_rng(0)
   tokens = torch.from_numpy(rng.integers(0, m.vocab_size, (d.batch_size, d.seq_len)))
 
@@ -239,21 +244,23 @@ def compare(name: str, args) -> dict:
   return result
 
 
+def _row(label: str, side: dict, tail: str) -> str:
+  low, high = side['tokens_per_sec_range']
+  return (f'  {label:8s} {side["tokens_per_sec"]:8,.0f} tokens/s ({low:,.0f}-{high:,.0f})  '
+          f'MFU {side["mfu"]:.1%}  {tail}')
+
+
 def report(result: dict):
-  torch_side = result['pytorch']
   print(f'\n{result["config"]}: {result["params"]:,} parameters, '
         f'{result["flops_per_token"] / 1e6:.1f} MFLOP/token, peak {result["peak_flops"] / 1e9:.0f} '
         f'GFLOP/s (measured: {result["peaks"]}), {result["rounds"]} rounds of '
         f'{result["steps_per_window"]} steps')
-  print(f'  pytorch  {torch_side["tokens_per_sec"]:8,.0f} tokens/s '
-        f'({torch_side["tokens_per_sec_range"][0]:,.0f}-{torch_side["tokens_per_sec_range"][1]:,.0f})'
-        f'  MFU {torch_side["mfu"]:.1%}  (torch {torch_side["torch"]}, {torch_side["threads"]} '
-        f'threads, {torch_side["attention"]} attention)')
+  t = result['pytorch']
+  print(_row('pytorch', t, f'(torch {t["torch"]}, {t["threads"]} threads, {t["attention"]} '
+                           'attention)'))
   for label, side in result['jax'].items():
-    print(f'  {label:8s} {side["tokens_per_sec"]:8,.0f} tokens/s '
-          f'({side["tokens_per_sec_range"][0]:,.0f}-{side["tokens_per_sec_range"][1]:,.0f})'
-          f'  MFU {side["mfu"]:.1%}  ratio {side["ratio"]:.2f}x '
-          f'({side["ratio_range"][0]:.2f}-{side["ratio_range"][1]:.2f})')
+    low, high = side['ratio_range']
+    print(_row(label, side, f'ratio {side["ratio"]:.2f}x ({low:.2f}-{high:.2f})'))
 
 
 def main():
