@@ -13,7 +13,7 @@ INVALID = [
     (dict(vocab_size=0), r'model\.vocab_size=0'),
     (dict(num_decoder_layers=0), r'model\.num_decoder_layers=0'),
     (dict(position='absolute'), r"model\.position='absolute' .*sinusoidal, learned, rope, alibi"),
-    (dict(activation='tanh'), r"model\.activation='tanh' .*relu, gelu, gelu_tanh, swiglu"),
+    (dict(activation='tanh'), r"model\.activation='tanh' .*relu, gelu, gelu_tanh, silu, swiglu"),
     (dict(norm='batchnorm'), r"model\.norm='batchnorm' .*layernorm, rmsnorm"),
     (dict(family='rnn'), r"model\.family='rnn' .*encoder_only"),
     (dict(head='classify'), r"model\.head='classify' .*must be one of lm"),

@@ -11,7 +11,7 @@ from transformer import layers
 from transformer.config import ModelConfig
 
 
-@pytest.mark.parametrize('activation', ['relu', 'gelu', 'gelu_tanh', 'swiglu'])
+@pytest.mark.parametrize('activation', ['relu', 'gelu', 'gelu_tanh', 'silu', 'swiglu'])
 def test_feed_forward_matches_reference(rng, activation):
   x = rng.normal(size=(2, 3, 8)).astype(np.float32) * 2
   module = layers.FeedForward(d_ff=16, activation=activation, init_std=0.5, out_init_std=0.5)

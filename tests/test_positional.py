@@ -18,6 +18,17 @@ def test_sinusoidal_is_the_papers_formula():
     np.testing.assert_allclose(pe[:, 2 * i + 1], np.cos(pos / 10000 ** (2 * i / d)), atol=2e-5)
 
 
+def test_sinusoidal_concat_layout_is_sines_then_cosines():
+  """tensor2tensor's and Marian's layout: dimension i < d/2 is sin(pos w_i), d/2 + i is cos."""
+  d = 16
+  pos = np.arange(300)
+  pe = np.asarray(positional.sinusoidal(jnp.asarray(pos), d, layout='concat'))
+  for i in range(d // 2):
+    w = 10000 ** (-2 * i / d)
+    np.testing.assert_allclose(pe[:, i], np.sin(pos * w), atol=2e-5)
+    np.testing.assert_allclose(pe[:, d // 2 + i], np.cos(pos * w), atol=2e-5)
+
+
 def test_sinusoidal_takes_any_length_and_batched_positions():
   pe = positional.sinusoidal(jnp.arange(20000), 16)
   assert pe.shape == (20000, 16) and np.isfinite(pe).all()

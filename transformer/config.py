@@ -16,7 +16,8 @@ HEADS = {  # output heads each family can carry
     'encoder_decoder': ('lm',),
 }
 POSITIONS = ('sinusoidal', 'learned', 'rope', 'alibi', 'none')
-ACTIVATIONS = ('relu', 'gelu', 'gelu_tanh', 'swiglu')
+ACTIVATIONS = ('relu', 'gelu', 'gelu_tanh', 'silu', 'swiglu')
+SINUSOIDAL_LAYOUTS = ('interleaved', 'concat')
 NORMS = ('layernorm', 'rmsnorm')
 POOLINGS = ('first', 'mean')
 ATTENTION_IMPLS = ('einsum', 'xla', 'cudnn')
@@ -47,6 +48,7 @@ class ModelConfig:
   num_kv_heads: int | None = None  # None: same as num_heads
   d_ff: int = 256
   position: str = 'learned'
+  sinusoidal_layout: str = 'interleaved'
   rope_base: float = 10000.0
   activation: str = 'gelu'
   norm: str = 'layernorm'
@@ -133,6 +135,7 @@ def _check_values(cfg: ModelConfig):
   one_of('family', FAMILIES)
   one_of('head', HEADS[cfg.family])
   for name, allowed in (('position', POSITIONS), ('activation', ACTIVATIONS), ('norm', NORMS),
+                        ('sinusoidal_layout', SINUSOIDAL_LAYOUTS),
                         ('pooling', POOLINGS), ('attention_impl', ATTENTION_IMPLS),
                         ('remat_policy', REMAT_POLICIES),
                         ('dtype', DTYPES), ('param_dtype', DTYPES),

@@ -21,6 +21,7 @@ ACTIVATIONS = {
     'relu': jax.nn.relu,
     'gelu': lambda x: jax.nn.gelu(x, approximate=False),  # exact, with erf (BERT)
     'gelu_tanh': lambda x: jax.nn.gelu(x, approximate=True),  # tanh approximation (GPT-2)
+    'silu': jax.nn.silu,  # x sigmoid(x), ungated (Marian's 'swish')
     'swiglu': jax.nn.silu,  # the gate of SwiGLU (Shazeer 2020)
 }
 

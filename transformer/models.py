@@ -102,7 +102,8 @@ class Embedder(nn.Module):
     if cfg.scale_embeddings:
       x_BxTxD = x_BxTxD * math.sqrt(embedding_scale_width(cfg))
     if cfg.position == 'sinusoidal':
-      x_BxTxD = x_BxTxD + positional.sinusoidal(positions_BxT, cfg.d_model)
+      x_BxTxD = x_BxTxD + positional.sinusoidal(positions_BxT, cfg.d_model,
+                                                   layout=cfg.sinusoidal_layout)
     elif cfg.position == 'learned':
       x_BxTxD = x_BxTxD + self.positions(positions_BxT)
     if cfg.type_vocab_size:

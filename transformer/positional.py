@@ -24,15 +24,20 @@ def positions_from_segments(segment_ids_BxT: jax.Array) -> jax.Array:
   return index_BxT - start_index_BxT
 
 
-def sinusoidal(positions: jax.Array, d_model: int, max_timescale: float = 10000.0) -> jax.Array:
+def sinusoidal(positions: jax.Array, d_model: int, max_timescale: float = 10000.0,
+               layout: str = 'interleaved') -> jax.Array:
   """The paper's encoding (Vaswani et al. 2017, section 3.5), computed for any length.
 
   PE(pos, 2i) = sin(pos / 10000^(2i/d)),  PE(pos, 2i+1) = cos(pos / 10000^(2i/d)).
-  Returns float32 of shape positions.shape + (d_model,), sines and cosines interleaved.
+  Returns float32 of shape positions.shape + (d_model,): sines and cosines interleaved as in
+  the formula, or with layout='concat' the same d/2 sines followed by the d/2 cosines
+  (tensor2tensor's and Marian's layout; a fixed permutation of the dimensions).
   """
   two_i = jnp.arange(0, d_model, 2, dtype=jnp.float32)
   inv_timescales = max_timescale ** (-two_i / d_model)
   angles = positions.astype(jnp.float32)[..., None] * inv_timescales
+  if layout == 'concat':
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
   pe = jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1)
   return pe.reshape(*positions.shape, d_model)
 

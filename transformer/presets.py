@@ -32,8 +32,11 @@ def base_config() -> ml_collections.ConfigDict:
   m.num_kv_heads = config_dict.placeholder(int)  # key/value heads (GQA/MQA); None = num_heads
   m.d_ff = 256  # hidden width of the feed-forward sublayer
   m.position = 'learned'  # sinusoidal, learned, rope, alibi or none
+  m.sinusoidal_layout = 'interleaved'  # sinusoidal: sin and cos interleaved (the paper's
+  #   formula, dimension 2i and 2i+1) or concat (all sines, then all cosines: tensor2tensor, Marian)
   m.rope_base = 10000.0  # RoPE wavelength base
-  m.activation = 'gelu_tanh'  # feed-forward: relu, gelu (exact), gelu_tanh (GPT-2), swiglu
+  m.activation = 'gelu_tanh'  # feed-forward: relu, gelu (exact), gelu_tanh (GPT-2), silu
+  #   (Marian's swish), swiglu (gated)
   m.norm = 'layernorm'  # layernorm or rmsnorm
   m.norm_eps = 1e-5  # epsilon of every norm
   m.pre_norm = True  # True: x + f(norm(x)) (GPT-2); False: norm(x + f(x)) (the paper, BERT)
@@ -70,7 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
   #   ~/tensorflow_datasets
   d.train_split = ''  # TFDS split to train on, e.g. 'train[:90%]'; '' = the dataset's own
   d.eval_split = ''  # TFDS split to evaluate on; '' = the dataset's own held-out split
-  d.tokenizer = 'byte'  # byte (256 ids, nothing to train) or sentencepiece
+  d.tokenizer = 'byte'  # byte (256 ids, nothing to train), sentencepiece, or huggingface (a
+  #   pretrained model's, from data.hf_tokenizer; transformer/convert.py sets both)
+  d.hf_tokenizer = ''  # huggingface: a directory written by save_pretrained
   d.vocab_size = 8000  # sentencepiece: pieces to train (or to expect of data.spm_model; 0 = any)
   d.spm_model = ''  # sentencepiece: a model file; '' = train on the training split and cache it
   d.spm_type = 'unigram'  # sentencepiece: unigram or bpe
@@ -102,6 +107,9 @@ def base_config() -> ml_collections.ConfigDict:
   t.sample_tokens = 0  # language models: tokens to sample at the end (0 = none)
   t.sample_prompt = ''  # ... continuing this text
   t.sample_temperature = 0.8  # ... at this temperature (0 = greedy)
+  t.init_from = ''  # a run (e.g. written by transformer.convert) whose newest parameters start
+  #   this one: fine-tuning (configs/finetune.py sets it). Parameters it lacks (a new head)
+  #   start fresh; used only while --workdir has no checkpoint of its own
 
   c.opt = o = ml_collections.ConfigDict()
   o.name = 'adamw'  # adamw, adafactor or sgd
@@ -191,6 +199,20 @@ SIZES = {
 
 def sizes_for(family: str) -> list[str]:
   return [name for name, s in SIZES.items() if s.family in (None, family)]
+
+
+def with_base(saved) -> ml_collections.ConfigDict:
+  """A saved config (e.g. a run's config.json) on top of the base: fields added since it was
+  written get their defaults, and fields it left at None keep their types for overrides."""
+  config = base_config()
+  for section, fields in saved.items():
+    if section not in config or not isinstance(config[section], ml_collections.ConfigDict):
+      config[section] = fields
+      continue
+    for name, value in fields.items():
+      if value is not None or name not in config[section]:
+        config[section][name] = value
+  return config
 
 
 def get_config(family: str, size: str | None = 'tiny') -> ml_collections.ConfigDict:

@@ -180,6 +180,61 @@ def check_checkpoint_matches(ckpts, abstract: TrainState, workdir: str):
                       f'parameters differ from this config\'s); use another --workdir')
 
 
+def _relayout(cfg: ModelConfig, params: Any) -> Any:
+  """Parameters in `cfg`'s layer layout (scanned or unrolled), whichever layout they are in."""
+  return models.stack_layers(params) if cfg.scan_layers else models.unstack_layers(params)
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+  return {'/'.join(str(getattr(k, 'key', k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def check_init_from(config: Any, cfg: ModelConfig) -> dict[str, Any] | None:
+  """train.init_from: a run with a checkpoint whose parameters that this model shares have the
+  same shapes (checked on shapes alone, before anything compiles). Returns that run's parameter
+  shapes by name, in this model's layout; None without init_from."""
+  from transformer import trained
+  source = config.train.get('init_from', '')
+  if not source:
+    return None
+  try:
+    source_cfg = check_config(trained.read_config(source))
+  except ConfigError as e:
+    raise ConfigError(f'train.init_from={source!r} is invalid: {e}') from None
+  want = _flat(jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0))))
+  have = _flat(jax.eval_shape(lambda: _relayout(cfg, models.init_params(source_cfg,
+                                                                         jax.random.key(0)))))
+  for name, leaf in want.items():
+    if name in have and have[name].shape != leaf.shape:
+      raise ConfigError(
+          f'train.init_from={source!r} is invalid: its parameter {name} is '
+          f'{tuple(have[name].shape)}, this model\'s is {tuple(leaf.shape)}; keep the model '
+          f'fields of {source}/config.json (configs/finetune.py does)')
+  if not set(want) & set(have):
+    raise ConfigError(f'train.init_from={source!r} is invalid: it shares no parameter with this '
+                      'model')
+  return have
+
+
+def initial_params(config: Any, cfg: ModelConfig, fresh: Any) -> Any:
+  """`fresh` parameters, with every one that train.init_from's newest checkpoint also holds
+  replaced by its value there (on the host). Prints what started fresh and what was left out."""
+  from transformer import trained
+  source = trained.load(config.train.init_from, init_state=init_state)
+  loaded = _flat(_relayout(cfg, source.params))
+  paths = jax.tree_util.tree_flatten_with_path(fresh)[0]
+  names = ['/'.join(str(getattr(k, 'key', k)) for k in path) for path, _ in paths]
+  leaves = [loaded.get(name, leaf) for name, (_, leaf) in zip(names, paths)]
+  new = [n for n in names if n not in loaded]
+  unused = sorted(set(loaded) - set(names))
+  _print(f'initialised from {config.train.init_from} (step {source.step}): '
+         f'{len(names) - len(new)} of {len(names)} parameters'
+         + (f'; fresh: {", ".join(new)}' if new else '')
+         + (f'; not used: {", ".join(unused)}' if unused else ''))
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(fresh), leaves)
+
+
 def make_parallel(config: Any, cfg: ModelConfig, task: str, devices: list | None = None
                   ) -> tuple[sharding.Parallel, nn.Module]:
   """(parallel, model): the train and eval steps of `config`, placed on its mesh."""
@@ -272,6 +327,7 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'),
                                  keep=config.train.keep_checkpoints)
   check_checkpoint_matches(ckpts, par.abstract, workdir)
+  check_init_from(config, cfg)
 
   summary_path = os.path.join(workdir, 'summary.json')
   if _is_main():
@@ -283,7 +339,8 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
     start, saved_state, data_state, meta = restored
     host_state = _host_data_state(data_state, workdir, start)
     try:
-      train_iter.set_state(host_state)
+      if host_state:  # {}: a converted checkpoint (transformer.convert), read from the start
+        train_iter.set_state(host_state)
     except (KeyError, ValueError, TypeError, IndexError) as e:
       raise ConfigError(
           f'--workdir={workdir}: the data position saved at step {start} does not fit this data '
@@ -303,7 +360,13 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
     del saved_state
   else:
     start, meta = 0, {'wall_seconds': 0.0}
-    state = par.init(jax.random.key(seed))
+    if config.train.get('init_from'):  # fine-tuning: the source's parameters, a fresh optimizer
+      tx, _ = optim.make_optimizer(config.opt, config.train.num_steps, cfg)
+      host = jax.device_get(jax.jit(functools.partial(init_state, cfg, tx))(jax.random.key(seed)))
+      state = par.restore(host.replace(params=initial_params(config, cfg, host.params)))
+      del host
+    else:
+      state = par.init(jax.random.key(seed))
   rng = jax.random.key(seed)
 
   counts = scaling.summarize(cfg, config.data.seq_len)

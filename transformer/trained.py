@@ -49,15 +49,18 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def load(workdir: str, step: int | None = None) -> Trained:
+def load(workdir: str, step: int | None = None, *, init_state: Any = None) -> Trained:
   """The run in `workdir` at checkpoint `step` (default: the newest); a ConfigError if there is
-  no run or no such checkpoint."""
-  from transformer import checkpoint, train
+  no run or no such checkpoint. `init_state`: train.init_state (given by train itself, which may
+  run as __main__)."""
+  from transformer import checkpoint
+  if init_state is None:
+    from transformer.train import init_state
 
   config = read_config(workdir)
   cfg = check_config(config)
   tx, _ = optim.make_optimizer(config.opt, config.train.num_steps, cfg)
-  abstract = jax.eval_shape(functools.partial(train.init_state, cfg, tx), jax.random.key(0))
+  abstract = jax.eval_shape(functools.partial(init_state, cfg, tx), jax.random.key(0))
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'))
   try:
     steps = ckpts.steps()

@@ -18,6 +18,7 @@ host's shard of the data, and carry their state (`get_state` / `set_state`): a r
 continues on exactly the next batch.
 """
 
+import os
 from typing import Any
 
 import grain
@@ -62,8 +63,11 @@ def check_data_config(config: Any) -> tuple[ModelConfig, DatasetSpec, str]:
   def fail(name, allowed):
     raise ConfigError(f'data.{name}={data[name]!r} is invalid: {allowed}')
 
-  if data.tokenizer not in ('byte', 'sentencepiece'):
-    fail('tokenizer', 'must be one of byte, sentencepiece')
+  if data.tokenizer not in ('byte', 'sentencepiece', 'huggingface'):
+    fail('tokenizer', 'must be one of byte, sentencepiece, huggingface')
+  if data.tokenizer == 'huggingface' and not os.path.isdir(data.hf_tokenizer):
+    fail('hf_tokenizer', "must be a directory holding a saved tokenizer with "
+         "data.tokenizer='huggingface' (python -m transformer.convert writes one)")
   if data.tokenizer == 'sentencepiece':
     if data.spm_type not in ('unigram', 'bpe'):
       fail('spm_type', 'must be one of unigram, bpe')
@@ -117,12 +121,13 @@ def get_tokenizer(config: Any) -> tokenizers.Tokenizer:
   data = config.data
   if data.tokenizer == 'byte':
     return tokenizers.ByteTokenizer()
+  if data.tokenizer == 'huggingface':
+    return tokenizers.HuggingFaceTokenizer(data.hf_tokenizer)
   if data.spm_model:
     return tokenizers.load_sentencepiece(data.spm_model, data.vocab_size)
   data_dir = datasets.resolve_data_dir(data.data_dir)
   path = tokenizers.sentencepiece_cache_path(data_dir, data.dataset, data.vocab_size,
                                              data.spm_type, data.spm_examples, data.train_split)
-  import os
   if not os.path.exists(path):
     texts = datasets.training_texts(datasets.open_split(config, 'train'), data.spm_examples)
     tokenizers.train_sentencepiece(texts, data.vocab_size, path, data.spm_type)
@@ -130,7 +135,14 @@ def get_tokenizer(config: Any) -> tokenizers.Tokenizer:
 
 
 def apply_vocab(config: Any, tokenizer: tokenizers.Tokenizer):
-  """Reads the tokenizer's vocabulary size back into the model config."""
+  """Reads the tokenizer's vocabulary size back into the model config. A pretrained model's
+  vocabulary is fixed by its checkpoint (and may be padded past the tokenizer's): it must
+  only hold every token id."""
+  if config.data.tokenizer == 'huggingface':
+    if tokenizer.vocab_size > config.model.vocab_size:
+      raise ConfigError(f'model.vocab_size={config.model.vocab_size} is invalid: the tokenizer '
+                        f'{config.data.hf_tokenizer} has {tokenizer.vocab_size} tokens')
+    return
   config.model.vocab_size = tokenizer.vocab_size
 
 

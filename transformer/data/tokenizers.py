@@ -1,6 +1,7 @@
-"""Tokenizers behind one interface: byte-level (the default) and SentencePiece.
+"""Tokenizers behind one interface: byte-level (the default), SentencePiece, and a pretrained
+model's Hugging Face tokenizer (for checkpoints converted by transformer/convert.py).
 
-Both reserve the same special tokens: padding, beginning and end of sequence, a separator
+Byte-level and SentencePiece reserve the same special tokens: padding, beginning and end of sequence, a separator
 (between a prompt and its completion) and a mask (masked-LM). The byte tokenizer keeps a
 vocabulary of exactly 256 by giving those roles to ASCII control bytes that text does not use
 (they are removed from input text); SentencePiece gets them as reserved pieces.
@@ -151,3 +152,52 @@ def load_sentencepiece(model_path: str, expected_vocab_size: int | None) -> Sent
         f'{model_path} has {tokenizer.vocab_size} pieces; set data.vocab_size='
         f'{tokenizer.vocab_size} (or 0 to read it from the model)')
   return tokenizer
+
+
+class HuggingFaceTokenizer:
+  """A pretrained model's tokenizer, as `save_pretrained` wrote it (read with
+  `transformers.AutoTokenizer`: the `interop` extra). Its special tokens take our roles: GPT-2's
+  <|endoftext|> begins and ends documents; BERT's [CLS] begins and [SEP] ends and separates;
+  Marian's <pad> begins a target (its decoder start) and </s> ends it."""
+
+  def __init__(self, directory: str | os.PathLike):
+    try:
+      from transformers import AutoTokenizer
+    except ImportError:
+      raise ConfigError("data.tokenizer='huggingface' needs the transformers package: pip "
+                        "install -e '.[interop]'") from None
+    self.directory = str(directory)
+    try:
+      self._tok = AutoTokenizer.from_pretrained(self.directory)
+    except (OSError, ValueError, TypeError) as e:
+      raise ConfigError(f'data.hf_tokenizer={self.directory!r} is invalid: no tokenizer could be '
+                        f'read there ({str(e).strip().splitlines()[0][:200] if str(e) else e})'
+                        ) from None
+    t = self._tok
+
+    def first(*ids):
+      return next((int(i) for i in ids if i is not None), None)
+
+    self.vocab_size = len(t)
+    self.eos_id = first(t.eos_token_id, t.sep_token_id, t.pad_token_id)
+    self.bos_id = first(t.bos_token_id, t.cls_token_id, t.pad_token_id, self.eos_id)
+    self.pad_id = first(t.pad_token_id, self.eos_id)
+    self.sep_id = first(t.sep_token_id, self.eos_id)
+    self.mask_id = first(t.mask_token_id, t.unk_token_id, self.eos_id)
+    self.unk_id = first(t.unk_token_id, -1)
+    if self.eos_id is None:
+      raise ConfigError(f'data.hf_tokenizer={self.directory!r} is invalid: the tokenizer has no '
+                        'end-of-sequence, separator or padding token')
+    self.special_ids = frozenset(int(i) for i in t.all_special_ids)
+
+  def __getstate__(self):  # worker processes read the tokenizer again from its directory
+    return {'directory': self.directory}
+
+  def __setstate__(self, state):
+    self.__init__(state['directory'])
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.asarray(self._tok.encode(text, add_special_tokens=False), dtype=np.int32)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)

@@ -1,0 +1,357 @@
+"""Hugging Face checkpoints converted into our models: logits and greedy decoding equal the
+Hugging Face implementation's (small random GPT-2, BERT and Marian models, saved and converted),
+the fine-tuning start, and the command's bad inputs.
+
+Needs the interop extra (torch, transformers); without it these tests are skipped.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+SKIP = "the interop extra is not installed: pip install -e '.[interop]'"
+torch = pytest.importorskip('torch', reason=SKIP)
+transformers = pytest.importorskip('transformers', reason=SKIP)
+
+from transformer import convert, decode, models, trained  # noqa: E402
+from transformer.config import ConfigError, ModelConfig  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+V, PAD, EOS = 96, 95, 1  # vocabulary, Marian's pad (= its decoder start), end of sequence
+TOLERANCE = 1e-4  # the issue's bound on float32 logits
+
+
+def _randomise(model, seed: int):
+  """Every weight (and Marian's logit bias) perturbed, so that no mapping passes by accident:
+  LayerNorm scales are not 1, biases are not 0, attention is far from uniform."""
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if 'embed_positions' not in name:  # Marian's sinusoids are fixed
+        p.add_(0.3 * torch.randn(p.shape, generator=g))
+    if hasattr(model, 'final_logits_bias'):
+      model.final_logits_bias.copy_(torch.randn(model.final_logits_bias.shape, generator=g))
+  return model.eval()
+
+
+def gpt2(**overrides):
+  cfg = dict(n_layer=2, n_head=4, n_embd=32, n_positions=64, vocab_size=V,
+             activation_function='gelu_new', bos_token_id=EOS, eos_token_id=EOS,
+             pad_token_id=EOS, layer_norm_epsilon=1e-5)
+  return _randomise(transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**cfg, **overrides})), 0)
+
+
+def bert(kind='BertForMaskedLM', **overrides):
+  cfg = dict(num_hidden_layers=2, num_attention_heads=4, hidden_size=32, intermediate_size=64,
+             max_position_embeddings=64, vocab_size=V, type_vocab_size=2, hidden_act='gelu',
+             layer_norm_eps=1e-12, num_labels=3)
+  return _randomise(getattr(transformers, kind)(transformers.BertConfig(**{**cfg, **overrides})), 1)
+
+
+def marian(**overrides):
+  cfg = dict(encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+             decoder_attention_heads=4, d_model=32, encoder_ffn_dim=64, decoder_ffn_dim=64,
+             vocab_size=V, max_position_embeddings=64, pad_token_id=PAD,
+             decoder_start_token_id=PAD, eos_token_id=EOS, forced_eos_token_id=None,
+             activation_function='swish', scale_embedding=True)
+  return _randomise(transformers.MarianMTModel(transformers.MarianConfig(**{**cfg, **overrides})), 2)
+
+
+def saved(model, path) -> str:
+  model.save_pretrained(path)
+  return str(path)
+
+
+def ours(directory: str, **kwargs):
+  _, fields, params, _ = convert.convert_checkpoint(directory, **kwargs)
+  cfg = ModelConfig(**fields)
+  return cfg, models.build_model(cfg), params
+
+
+def padded_batch(seed: int, lengths=(12, 7, 3), vocab=V - 1):
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(2, vocab, size=(len(lengths), max(lengths)))
+  mask = np.arange(max(lengths))[None, :] < np.asarray(lengths)[:, None]
+  return np.where(mask, tokens, 0), mask
+
+
+def assert_close_where(ours_BxTxV, theirs_BxTxV, mask_BxT):
+  """Logits of real tokens agree within TOLERANCE, and are far from trivially small."""
+  a, b = np.asarray(ours_BxTxV)[mask_BxT], np.asarray(theirs_BxTxV)[mask_BxT]
+  assert b.std() > 0.5, 'logits too small for the tolerance to mean anything'
+  assert np.abs(a - b).max() <= TOLERANCE, np.abs(a - b).max()
+
+
+@pytest.mark.parametrize('tied', [True, False])
+def test_gpt2_logits_match(tmp_path, tied):
+  hf = gpt2(tie_word_embeddings=tied)
+  _, model, params = ours(saved(hf, tmp_path))
+  tokens, mask = padded_batch(0)
+  with torch.no_grad():
+    theirs = hf(torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64))).logits
+  logits = model.apply({'params': params}, jnp.asarray(tokens),
+                       segment_ids=jnp.asarray(mask.astype(np.int32)))
+  assert_close_where(logits, theirs.numpy(), mask)
+
+
+@pytest.mark.parametrize('kind', ['BertForMaskedLM', 'BertForSequenceClassification'])
+def test_bert_logits_match(tmp_path, kind):
+  hf = bert(kind)
+  cfg, model, params = ours(saved(hf, tmp_path))
+  tokens, mask = padded_batch(1)
+  types = np.random.default_rng(3).integers(0, 2, size=tokens.shape) * mask
+  with torch.no_grad():
+    theirs = hf(torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64)),
+                token_type_ids=torch.tensor(types)).logits.numpy()
+  logits = model.apply({'params': params}, jnp.asarray(tokens),
+                       segment_ids=jnp.asarray(mask.astype(np.int32)),
+                       token_types=jnp.asarray(types))
+  if kind == 'BertForMaskedLM':
+    assert cfg.head == 'mlm'
+    assert_close_where(logits, theirs, mask)
+  else:
+    assert cfg.head == 'classify' and cfg.num_classes == 3
+    assert np.abs(np.asarray(logits) - theirs).max() <= TOLERANCE and theirs.std() > 0.5
+
+
+def test_bert_pretraining_checkpoint_as_mlm_or_classifier(tmp_path):
+  """bert-base-uncased is a BertForPreTraining: its pooler and next-sentence head are left out
+  of the mlm model; --head=classify keeps the pooler and starts a classifier fresh."""
+  hf = bert('BertForPreTraining')
+  directory = saved(hf, tmp_path)
+  _, model, params = ours(directory)
+  tokens, mask = padded_batch(5)
+  with torch.no_grad():
+    theirs = hf(torch.tensor(tokens),
+                attention_mask=torch.tensor(mask.astype(np.int64))).prediction_logits.numpy()
+  logits = model.apply({'params': params}, jnp.asarray(tokens),
+                       segment_ids=jnp.asarray(mask.astype(np.int32)))
+  assert_close_where(logits, theirs, mask)
+  assert convert.convert_checkpoint(directory)[3] == {'fresh': [], 'dropped': ['pooler']}
+  _, fields, params, notes = convert.convert_checkpoint(directory, head='classify')
+  assert fields['head'] == 'classify' and notes == {'fresh': ['classifier'], 'dropped': ['cls']}
+  np.testing.assert_array_equal(params['pooler']['kernel'],
+                                hf.bert.pooler.dense.weight.detach().numpy().T)
+
+
+def _marian_logits(hf, model, params, src, src_mask, tgt, tgt_mask):
+  with torch.no_grad():
+    theirs = hf(input_ids=torch.tensor(src), attention_mask=torch.tensor(src_mask.astype(np.int64)),
+                decoder_input_ids=torch.tensor(tgt),
+                decoder_attention_mask=torch.tensor(tgt_mask.astype(np.int64))).logits.numpy()
+  logits = model.apply({'params': params}, jnp.asarray(src), jnp.asarray(tgt),
+                       src_segment_ids=jnp.asarray(src_mask.astype(np.int32)),
+                       tgt_segment_ids=jnp.asarray(tgt_mask.astype(np.int32)))
+  return logits, theirs
+
+
+def test_marian_logits_match_and_the_sinusoid_layout_matters(tmp_path):
+  hf = marian()
+  directory = saved(hf, tmp_path)
+  cfg, model, params = ours(directory)
+  assert cfg.sinusoidal_layout == 'concat' and cfg.activation == 'silu' and cfg.scale_embeddings
+  src, src_mask = padded_batch(2, lengths=(10, 4, 6))
+  tgt, tgt_mask = padded_batch(4, lengths=(5, 9, 2))
+  tgt[:, 0] = PAD  # the decoder starts from <pad>
+  logits, theirs = _marian_logits(hf, model, params, src, src_mask, tgt, tgt_mask)
+  assert_close_where(logits, theirs, tgt_mask)
+  # The same weights with the paper's interleaved sinusoids are another model: the check bites.
+  wrong = models.build_model(ModelConfig(**{**cfg.__dict__, 'sinusoidal_layout': 'interleaved'}))
+  wrong_logits, _ = _marian_logits(hf, wrong, params, src, src_mask, tgt, tgt_mask)
+  assert np.abs(np.asarray(wrong_logits) - theirs)[tgt_mask].max() > 100 * TOLERANCE
+
+
+def _cut(row, eos):
+  row = list(row)
+  return row[:row.index(eos) + 1] if eos in row else row
+
+
+def test_gpt2_greedy_generation_matches(tmp_path):
+  hf = gpt2()
+  _, model, params = ours(saved(hf, tmp_path))
+  prompts = [[5, 17, 33, 2, 9], [40, 41], [7, 7, 7, 60, 61, 62, 3]]
+  new = 10
+  theirs = []
+  for p in prompts:  # one by one: no padding on their side
+    out = hf.generate(torch.tensor([p]), max_new_tokens=new, do_sample=False,
+                      eos_token_id=EOS, pad_token_id=EOS)
+    theirs.append(_cut(out[0, len(p):].tolist(), EOS))
+  mine = decode.generate(model, params, prompts, new, jax.random.key(0), temperature=0.0,
+                         eos_id=EOS)  # all at once: left-padded
+  assert [_cut(m, EOS) for m in mine] == [t[:len(_cut(m, EOS))] for m, t in zip(mine, theirs)]
+  assert [len(t) for t in theirs] == [len(_cut(m + [EOS], EOS)) if len(m) < new else new
+                                      for m in mine]
+
+
+def test_marian_greedy_translation_matches(tmp_path):
+  hf = marian()
+  _, model, params = ours(saved(hf, tmp_path))
+  sources = [[5, 17, 33, 2, 9, EOS], [40, 41, EOS], [7, 7, 60, 61, 62, 3, 8, 8, EOS]]
+  new = 10
+  theirs = []
+  for s in sources:
+    out = hf.generate(torch.tensor([s]), max_new_tokens=new, do_sample=False, num_beams=1)
+    theirs.append(out[0, 1:].tolist())  # after the decoder start
+  mine = decode.translate(model, params, sources, new, jax.random.key(0), bos_id=PAD, eos_id=EOS)
+  for m, t in zip(mine, theirs):
+    assert m == _cut(t, EOS)[:len(m)] and (len(m) == new or _cut(t, EOS) == m + [EOS])
+
+
+def test_pytorch_bin_is_read_like_safetensors(tmp_path):
+  """An older checkpoint: pytorch_model.bin (read with weights_only=True), tied weights saved
+  under both names."""
+  hf = bert()
+  safetensors_dir = saved(hf, tmp_path / 'st')
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  torch.save(hf.state_dict(), bin_dir / 'pytorch_model.bin')
+  (bin_dir / 'config.json').write_text((tmp_path / 'st' / 'config.json').read_text())
+  a = convert.convert_checkpoint(safetensors_dir)[2]
+  b = convert.convert_checkpoint(str(bin_dir))[2]
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+# --- the run it writes: generate and fine-tuning ------------------------------------------------
+
+
+def bpe_tokenizer(path) -> 'transformers.PreTrainedTokenizerFast':
+  """A byte-level BPE tokenizer like GPT-2's, trained offline on a little text."""
+  from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, trainers
+  tok = Tokenizer(tok_models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  text = ['To be, or not to be, that is the question:',
+          'Whether tis nobler in the mind to suffer', 'The slings and arrows of outrageous fortune']
+  tok.train_from_iterator(text * 50, trainers.BpeTrainer(
+      vocab_size=300, special_tokens=['<|endoftext|>'],
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token='<|endoftext|>',
+                                              eos_token='<|endoftext|>')
+  fast.save_pretrained(path)
+  return fast
+
+
+def _command(module, *args):
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600)
+
+
+def test_converted_gpt2_generates_and_fine_tunes(tmp_path, data_dir):
+  source = tmp_path / 'hf'
+  tokenizer = bpe_tokenizer(source)
+  n = len(tokenizer)
+  end = tokenizer.eos_token_id
+  hf = gpt2(vocab_size=n, bos_token_id=end, eos_token_id=end, pad_token_id=end)
+  hf.save_pretrained(source)
+  run = tmp_path / 'run'
+  done = _command('transformer.convert', f'--from={source}', f'--to={run}')
+  assert done.returncode == 0, done.stderr
+  assert 'gpt2 as decoder_only' in done.stdout
+
+  # generate reads it like a trained run; greedy text = Hugging Face's greedy text
+  prompt = 'To be, or not'
+  done = _command('transformer.generate', f'--workdir={run}', f'--prompt={prompt}',
+                  '--temperature=0', '--num_tokens=12')
+  assert done.returncode == 0, done.stderr
+  ids = [end] + tokenizer.encode(prompt)
+  out = hf.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, eos_token_id=end,
+                    pad_token_id=end)[0, len(ids):].tolist()
+  expected = prompt + tokenizer.decode(_cut(out, end), skip_special_tokens=True)
+  assert done.stdout.startswith(expected + '\n') and len(expected) > len(prompt) + 4
+
+  # fine-tuning: a new run starts from its parameters and trains on text it tokenizes
+  finetuned = tmp_path / 'ft'
+  done = _command('transformer.train', f'--config=configs/finetune.py:{run}',
+                  f'--workdir={finetuned}', f'--config.data.data_dir={data_dir}',
+                  '--config.train.num_steps=2', '--config.train.eval_batches=1',
+                  '--config.data.batch_size=2', '--config.data.seq_len=32')
+  assert done.returncode == 0, done.stderr
+  count = len(jax.tree.leaves(convert.convert_checkpoint(str(source))[2]))
+  assert f'initialised from {run} (step 0): {count} of {count} parameters' in done.stdout
+  summary = json.loads((finetuned / 'summary.json').read_text())
+  assert summary['steps'] == 2 and np.isfinite(summary['final_train_loss'])
+
+
+def test_fine_tuning_a_new_head_starts_only_it_fresh(tmp_path):
+  from transformer import presets, train
+  hf = bert()  # masked LM, no pooler
+  run = tmp_path / 'run'
+  convert.convert(saved(hf, tmp_path / 'hf'), str(run))
+  config = presets.with_base(trained.read_config(str(run)))
+  config.train.init_from = str(run)
+  config.model.head = 'classify'
+  cfg = ModelConfig.from_config(config)
+  train.check_init_from(config, cfg)
+  fresh = models.init_params(cfg, jax.random.key(0))
+  start = train.initial_params(config, cfg, fresh)
+  converted = convert.convert_checkpoint(str(tmp_path / 'hf'))[2]
+  np.testing.assert_array_equal(start['encoder']['layers_1']['mlp']['wo']['kernel'],
+                                converted['encoder']['layers_1']['mlp']['wo']['kernel'])
+  np.testing.assert_array_equal(start['embedder']['type_embedding'],
+                                converted['embedder']['type_embedding'])
+  for name in ('pooler', 'classifier'):
+    jax.tree.map(np.testing.assert_array_equal, start[name], fresh[name])
+  # a shape that disagrees is refused before anything is built
+  config.model.d_ff = 48
+  with pytest.raises(ConfigError, match=r"init_from=.*layers_0/mlp/wi/bias is \(64,\), this "
+                     r"model's is \(48,\)"):
+    train.check_init_from(config, ModelConfig.from_config(config))
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+def _one_line_exit_2(done, pattern):
+  assert done.returncode == 2, done.stderr
+  lines = done.stderr.strip().splitlines()
+  assert len(lines) == 1 and 'Traceback' not in done.stderr, done.stderr
+  assert __import__('re').search(pattern, lines[0]), lines[0]
+
+
+def test_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path):
+  good = saved(gpt2(), tmp_path / 'gpt2')
+  run = tmp_path / 'run'
+
+  unsupported = tmp_path / 't5'
+  unsupported.mkdir()
+  (unsupported / 'config.json').write_text(json.dumps({'model_type': 't5'}))
+  _one_line_exit_2(_command('transformer.convert', f'--from={unsupported}', f'--to={run}'),
+                   r"model_type='t5' .* not supported; supported: gpt2, bert, marian")
+
+  no_weights = tmp_path / 'no_weights'
+  no_weights.mkdir()
+  (no_weights / 'config.json').write_text((tmp_path / 'gpt2' / 'config.json').read_text())
+  _one_line_exit_2(_command('transformer.convert', f'--from={no_weights}', f'--to={run}'),
+                   r'no weights \(model.safetensors or pytorch_model.bin\)')
+
+  _one_line_exit_2(_command('transformer.convert', f'--from={tmp_path / "absent"}', f'--to={run}'),
+                   r'absent is not a directory and could not be downloaded')
+
+  wrong = tmp_path / 'wrong'
+  wrong.mkdir()
+  hf_config = json.loads((tmp_path / 'gpt2' / 'config.json').read_text())
+  (wrong / 'config.json').write_text(json.dumps({**hf_config, 'n_inner': 48}))
+  os.link(tmp_path / 'gpt2' / 'model.safetensors', wrong / 'model.safetensors')
+  _one_line_exit_2(_command('transformer.convert', f'--from={wrong}', f'--to={run}'),
+                   r'weight h.0.mlp.c_fc.weight is \(32, 128\) in the checkpoint; config.json '
+                   r'implies \(32, 48\)')
+  assert not run.exists()
+  assert not [n for n in os.listdir(tmp_path) if 'converting' in n]
+
+  # an existing run is never replaced by a failed conversion, nor without --overwrite
+  run.mkdir()
+  (run / 'notes.txt').write_text('mine')
+  _one_line_exit_2(_command('transformer.convert', f'--from={good}', f'--to={run}'),
+                   r'already exists and is not empty')
+  _one_line_exit_2(_command('transformer.convert', f'--from={wrong}', f'--to={run}',
+                            '--overwrite'), r'h.0.mlp.c_fc.weight')
+  assert os.listdir(run) == ['notes.txt']
+  done = _command('transformer.convert', f'--from={good}', f'--to={run}', '--overwrite')
+  assert done.returncode == 0, done.stderr
+  assert sorted(os.listdir(run)) == ['checkpoints', 'config.json']
