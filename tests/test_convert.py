@@ -352,6 +352,8 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path):
   _one_line_exit_2(_command('transformer.convert', f'--from={wrong}', f'--to={run}',
                             '--overwrite'), r'h.0.mlp.c_fc.weight')
   assert os.listdir(run) == ['notes.txt']
+  _one_line_exit_2(_command('transformer.convert', f'--from={good}', f'--to={tmp_path}',
+                            '--overwrite'), r'holds the checkpoint being converted')
   done = _command('transformer.convert', f'--from={good}', f'--to={run}', '--overwrite')
   assert done.returncode == 0, done.stderr
   assert sorted(os.listdir(run)) == ['checkpoints', 'config.json']

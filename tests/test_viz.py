@@ -165,7 +165,8 @@ def test_activation_derivatives_match_their_closed_forms(tmp_path):
       'gelu': (x * Phi, Phi + x * phi),
       'gelu_tanh': (0.5 * x * (1 + u),
                     0.5 * (1 + u) + 0.5 * x * (1 - u ** 2) * c * (1 + 3 * 0.044715 * x ** 2)),
-      'swiglu': (x * sigma, sigma * (1 + x * (1 - sigma))),
+      'silu': (x * sigma, sigma * (1 + x * (1 - sigma))),
+      'swiglu': (x * sigma, sigma * (1 + x * (1 - sigma))),  # its gate is SiLU
   }
   curves = viz.activation_curves(x)
   assert curves.keys() == expected.keys()

@@ -67,12 +67,19 @@ def read_hf_weights(directory: str) -> dict[str, np.ndarray]:
   files = sorted(os.listdir(directory))
   index = os.path.join(directory, 'model.safetensors.index.json')
   if os.path.isfile(index):
-    with open(index) as f:
-      shards = sorted(set(json.load(f)['weight_map'].values()))
+    try:
+      with open(index) as f:
+        shards = sorted(set(json.load(f)['weight_map'].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+      _fail(f'--from={directory}: model.safetensors.index.json is not a readable index ({e!r})')
   else:
     shards = [n for n in files if n.endswith('.safetensors')]
   if shards:
-    from safetensors import safe_open
+    try:
+      from safetensors import safe_open
+    except ImportError:
+      _fail(f"--from={directory}: reading safetensors needs the safetensors package (pip install "
+            "-e '.[interop]')")
     weights = {}
     for name in shards:
       path = os.path.join(directory, name)
@@ -82,6 +89,9 @@ def read_hf_weights(directory: str) -> dict[str, np.ndarray]:
         with safe_open(path, framework='numpy') as f:
           for key in f.keys():
             weights[key] = np.asarray(f.get_tensor(key), np.float32)
+      except TypeError as e:  # a dtype NumPy lacks (bfloat16)
+        _fail(f'--from={directory}: {name} holds a dtype NumPy cannot read ({e}); save it in '
+              'float32 or float16')
       except Exception as e:  # noqa: BLE001 - a corrupt or truncated file
         _fail(f'--from={directory}: {name} is not a readable safetensors file ({e})')
     return weights
@@ -97,6 +107,8 @@ def read_hf_weights(directory: str) -> dict[str, np.ndarray]:
     except Exception as e:  # noqa: BLE001 - a corrupt file, or one that is not only tensors
       _fail(f'--from={directory}: pytorch_model.bin could not be read with weights_only=True '
             f'({str(e).strip().splitlines()[0][:200]})')
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+      _fail(f'--from={directory}: pytorch_model.bin does not hold a state dict of tensors')
     return {k: v.detach().float().numpy() for k, v in state.items()}
   _fail(f'--from={directory}: no weights (model.safetensors or pytorch_model.bin) in it')
 
@@ -160,7 +172,8 @@ def bert_model(hf: dict, head: str) -> dict:
   _require(hf, 'is_decoder', lambda v: not v, 'an encoder')
   if head == 'auto':
     architectures = hf.get('architectures') or ['BertForMaskedLM']
-    head = 'classify' if architectures[0] == 'BertForSequenceClassification' else 'mlm'
+    head = ('classify' if architectures[0] in ('BertForSequenceClassification', 'BertModel')
+            else 'mlm')  # BertModel: the pooler, and a classifier to fine-tune
   if head not in ('mlm', 'classify'):
     _fail(f'--head={head} is invalid for BERT: mlm or classify')
   return dict(
@@ -394,7 +407,9 @@ def marian_params(cfg: ModelConfig, w: _Weights) -> dict:
     params['source_embedder'] = {'embedding': w.get('encoder.embed_tokens.weight', (V, D))}
     params['target_embedder'] = {'embedding': w.get('decoder.embed_tokens.weight', (V, D))}
     target = params['target_embedder']['embedding']
-  params['lm_head'] = {'bias': w.get('final_logits_bias', (1, V))[0],
+  bias = (w.get('final_logits_bias', (1, V))[0] if w.has('final_logits_bias')
+          else np.zeros((V,), np.float32))  # Hugging Face too starts it at zeros when absent
+  params['lm_head'] = {'bias': bias,
                        **_unembed(cfg, w, 'lm_head.weight', target)}
   return params
 
@@ -406,7 +421,7 @@ ARCHITECTURES = {
     'bert': (bert_model, bert_params, ('bert.',),
              ('embeddings.position_ids', 'cls.seq_relationship.')),  # a buffer; NSP head
     'marian': (marian_model, marian_params, ('model.',),
-               ('embed_positions.weight',)),  # sinusoids: we compute them (checked below)
+               ('embed_positions.weight',)),  # sinusoids, recomputed (as Hugging Face does)
 }
 
 
@@ -428,25 +443,10 @@ def convert_checkpoint(directory: str, head: str = 'auto') -> tuple[dict, dict, 
   except ConfigError as e:
     _fail(f'--from={directory}: config.json gives an unsupported model ({e})')
   weights = read_hf_weights(directory)
-  if model_type == 'marian':
-    _check_marian_positions(cfg, weights)
   w = _Weights(weights, prefixes, ignored)
   params = params_fn(cfg, w)
   w.check_all_used()
   return hf, fields, params, {'fresh': w.fresh, 'dropped': w.dropped}
-
-
-def _check_marian_positions(cfg: ModelConfig, weights: dict):
-  """Older Marian checkpoints store their sinusoid tables: they must be our formula's."""
-  from transformer import positional
-  ours = None
-  for name, table in weights.items():
-    if name.endswith('embed_positions.weight'):
-      if ours is None:
-        ours = np.asarray(positional.sinusoidal(np.arange(table.shape[0]), cfg.d_model,
-                                                layout='concat'))
-      if table.shape != ours.shape or np.abs(table - ours).max() > 1e-4:
-        _fail(f'weight {name} is not the sinusoidal table of Marian (sines, then cosines)')
 
 
 # --- writing the run -----------------------------------------------------------------------------
@@ -483,7 +483,23 @@ def _tokenizer_files(directory: str) -> list[str]:
   return [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(directory, n))]
 
 
-def write_run(workdir: str, config, params: dict, source_dir: str):
+def read_tokenizer(directory: str):
+  """The checkpoint's tokenizer (transformers.AutoTokenizer), or None if it has none."""
+  if not _tokenizer_files(directory):
+    return None
+  try:
+    from transformers import AutoTokenizer
+  except ImportError:
+    _fail(f"--from={directory}: reading its tokenizer needs transformers (pip install -e "
+          "'.[interop]')")
+  try:
+    return AutoTokenizer.from_pretrained(directory)
+  except (ImportError, OSError, ValueError, TypeError, KeyError) as e:
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    _fail(f'--from={directory}: its tokenizer could not be read ({reason})')
+
+
+def write_run(workdir: str, config, params: dict, tokenizer):
   """config.json, the tokenizer and a step-0 checkpoint, into `workdir` (which must not exist)."""
   import jax
   from transformer import checkpoint, metrics, optim, train
@@ -492,9 +508,8 @@ def write_run(workdir: str, config, params: dict, source_dir: str):
   state = train.TrainState(step=np.int32(0), params=jax.tree.map(np.asarray, params),
                            opt_state=jax.device_get(tx.init(params)))
   os.makedirs(workdir)
-  if _tokenizer_files(source_dir):
-    from transformers import AutoTokenizer
-    AutoTokenizer.from_pretrained(source_dir).save_pretrained(os.path.join(workdir, 'tokenizer'))
+  if tokenizer is not None:
+    tokenizer.save_pretrained(os.path.join(workdir, 'tokenizer'))
   metrics.write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json()))
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'))
   ckpts.save(0, state, {}, {'wall_seconds': 0.0, 'converted_from': config.pretrained.source})
@@ -527,24 +542,36 @@ def convert(source: str, workdir: str, head: str = 'auto', overwrite: bool = Fal
       _fail(f'--to={workdir} already exists and is not empty; choose a new directory, or pass '
             '--overwrite to replace it once the conversion has succeeded')
   directory = source if os.path.isdir(source) else download(source)
+  inside = os.path.commonpath([workdir, os.path.abspath(directory)]) == workdir
+  if inside:
+    _fail(f'--to={workdir} holds the checkpoint being converted (--from={source}); choose '
+          'another directory')
   hf, fields, params, notes = convert_checkpoint(directory, head)
   if not hf.get('_name_or_path'):
     hf['_name_or_path'] = source
-  tokenizer = directory if _tokenizer_files(directory) else None
+  tokenizer = read_tokenizer(directory)
   parent = os.path.dirname(workdir)
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(workdir)}.converting-', dir=parent)
+  try:
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(workdir)}.converting-', dir=parent)
+  except OSError as e:
+    _fail(f'--to={workdir}: cannot write in {parent} ({e.strerror or e})')
   try:
     run_dir = os.path.join(staging, 'run')
     config = experiment_config(fields, hf, os.path.join(workdir, 'tokenizer') if tokenizer
                                else None)
     cfg = ModelConfig.from_config(config)
     _check_params(cfg, params)
-    write_run(run_dir, config, params, directory)
+    write_run(run_dir, config, params, tokenizer)
+    old = os.path.join(staging, 'old')
     if os.path.exists(workdir):  # replaced only now, when the new run is complete
-      old = os.path.join(staging, 'old')
       os.rename(workdir, old)
-    os.rename(run_dir, workdir)
+    try:
+      os.rename(run_dir, workdir)
+    except OSError:
+      if os.path.exists(old):
+        os.rename(old, workdir)  # put the previous run back before the staging area goes
+      raise
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   from transformer import scaling

@@ -22,6 +22,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from absl import flags
 
@@ -202,6 +203,9 @@ def check_init_from(config: Any, cfg: ModelConfig) -> dict[str, Any] | None:
     source_cfg = check_config(trained.read_config(source))
   except ConfigError as e:
     raise ConfigError(f'train.init_from={source!r} is invalid: {e}') from None
+  saved = os.path.join(source, 'checkpoints')
+  if not os.path.isdir(saved) or not any(n.isdigit() for n in os.listdir(saved)):
+    raise ConfigError(f'train.init_from={source!r} is invalid: it has no checkpoint yet')
   want = _flat(jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0))))
   have = _flat(jax.eval_shape(lambda: _relayout(cfg, models.init_params(source_cfg,
                                                                          jax.random.key(0)))))
@@ -225,7 +229,8 @@ def initial_params(config: Any, cfg: ModelConfig, fresh: Any) -> Any:
   loaded = _flat(_relayout(cfg, source.params))
   paths = jax.tree_util.tree_flatten_with_path(fresh)[0]
   names = ['/'.join(str(getattr(k, 'key', k)) for k in path) for path, _ in paths]
-  leaves = [loaded.get(name, leaf) for name, (_, leaf) in zip(names, paths)]
+  leaves = [np.asarray(loaded[name]).astype(leaf.dtype) if name in loaded else leaf
+            for name, (_, leaf) in zip(names, paths)]  # in this run's param_dtype
   new = [n for n in names if n not in loaded]
   unused = sorted(set(loaded) - set(names))
   _print(f'initialised from {config.train.init_from} (step {source.step}): '
@@ -299,6 +304,8 @@ def evaluate(eval_fn, config, tokenizer, task: str, template: dict) -> dict[str,
 
 def _host_data_state(saved: Any, workdir: str, step: int) -> Any:
   """This process's data position from a checkpoint's (one per process, in process order)."""
+  if saved == {}:  # a converted checkpoint (transformer.convert): every host starts the data
+    return {}
   hosts = saved['hosts'] if isinstance(saved, dict) and 'hosts' in saved else [saved]
   if len(hosts) != jax.process_count():
     raise ConfigError(
@@ -327,7 +334,8 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'),
                                  keep=config.train.keep_checkpoints)
   check_checkpoint_matches(ckpts, par.abstract, workdir)
-  check_init_from(config, cfg)
+  if not ckpts.steps():  # init_from is read only by a run's first start
+    check_init_from(config, cfg)
 
   summary_path = os.path.join(workdir, 'summary.json')
   if _is_main():

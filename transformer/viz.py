@@ -392,7 +392,7 @@ ACTIVATION_LABELS = {
     'relu': 'ReLU max(0, x)',
     'gelu': 'GELU x Φ(x) (exact, erf)',
     'gelu_tanh': 'GELU, tanh approximation',
-    'swiglu': 'SiLU x σ(x) (the gate of SwiGLU)',
+    'silu': 'SiLU x σ(x) (Marian\'s swish; the gate of SwiGLU)',
 }
 
 
@@ -415,6 +415,8 @@ def plot_activations(path: str, x_min: float = -4.0, x_max: float = 4.0):
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), dpi=120)
   curves = activation_curves(x_X)
   for name, (f_X, grad_X) in curves.items():
+    if name == 'swiglu':  # its gate is SiLU, drawn once
+      continue
     label = ACTIVATION_LABELS.get(name, name)
     if name == 'gelu_tanh':  # drawn dashed: it lies on the exact GELU
       label += f' (at most {np.abs(f_X - curves["gelu"][0]).max():.1e} from it)'
