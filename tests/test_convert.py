@@ -7,6 +7,7 @@ Needs the interop extra (torch, transformers); without it these tests are skippe
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -311,7 +312,7 @@ def _one_line_exit_2(done, pattern):
   assert done.returncode == 2, done.stderr
   lines = done.stderr.strip().splitlines()
   assert len(lines) == 1 and 'Traceback' not in done.stderr, done.stderr
-  assert __import__('re').search(pattern, lines[0]), lines[0]
+  assert re.search(pattern, lines[0]), lines[0]
 
 
 def test_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path):

@@ -519,13 +519,11 @@ def write_run(workdir: str, config, params: dict, tokenizer):
 def _check_params(cfg: ModelConfig, params: dict):
   """The converted tree must be exactly our model's (names, shapes)."""
   import jax
-  from transformer import models
-  want = jax.tree_util.tree_flatten_with_path(
-      jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0))))[0]
-  have = dict(jax.tree_util.tree_flatten_with_path(params)[0])
-  for path, leaf in want:
-    name = '/'.join(str(getattr(k, 'key', k)) for k in path)
-    if path not in have or tuple(have[path].shape) != tuple(leaf.shape):
+  from transformer import models, train
+  want = train._flat(jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0))))
+  have = train._flat(params)
+  for name, leaf in want.items():
+    if name not in have or tuple(have[name].shape) != tuple(leaf.shape):
       raise AssertionError(f'converted parameter {name} is missing or misshapen')
   if len(have) != len(want):
     raise AssertionError('the converted tree has parameters the model does not')

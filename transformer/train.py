@@ -172,7 +172,7 @@ def check_checkpoint_matches(ckpts, abstract: TrainState, workdir: str):
     flat_saved = dict(jax.tree_util.tree_flatten_with_path(saved_params or {})[0])
     for path, shape in jax.tree_util.tree_flatten_with_path(want)[0]:
       if flat_saved.get(path) != shape:
-        name = '/'.join(str(getattr(k, 'key', k)) for k in path)
+        name = _name(path)
         raise ConfigError(
             f'--workdir={workdir} holds a checkpoint of a different model: parameter {name} is '
             f'{flat_saved.get(path, "absent")} there, {shape} in this config; use another '
@@ -186,9 +186,13 @@ def _relayout(cfg: ModelConfig, params: Any) -> Any:
   return models.stack_layers(params) if cfg.scan_layers else models.unstack_layers(params)
 
 
+def _name(path) -> str:
+  """'decoder/layers_0/mlp/wi/kernel' for a tree path."""
+  return '/'.join(str(getattr(k, 'key', k)) for k in path)
+
+
 def _flat(tree: Any) -> dict[str, Any]:
-  return {'/'.join(str(getattr(k, 'key', k)) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def check_init_from(config: Any, cfg: ModelConfig) -> dict[str, Any] | None:
@@ -228,7 +232,7 @@ def initial_params(config: Any, cfg: ModelConfig, fresh: Any) -> Any:
   source = trained.load(config.train.init_from, init_state=init_state)
   loaded = _flat(_relayout(cfg, source.params))
   paths = jax.tree_util.tree_flatten_with_path(fresh)[0]
-  names = ['/'.join(str(getattr(k, 'key', k)) for k in path) for path, _ in paths]
+  names = [_name(path) for path, _ in paths]
   leaves = [np.asarray(loaded[name]).astype(leaf.dtype) if name in loaded else leaf
             for name, (_, leaf) in zip(names, paths)]  # in this run's param_dtype
   new = [n for n in names if n not in loaded]
