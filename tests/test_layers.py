@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests import reference
-from transformer import layers
+from transformer import dropout, layers
 from transformer.config import ModelConfig
 
 
@@ -87,3 +87,35 @@ def test_dropout_only_in_training(rng):
   np.testing.assert_array_equal(train(1), train(1))
   assert np.abs(train(1) - train(2)).max() > 1e-3
   assert np.abs(train(1) - eval_a).max() > 1e-3
+
+
+@pytest.mark.parametrize('broadcast_dims', [(), (1,)])
+def test_dropout_equals_flax_dropout_with_the_paper_gradient(rng, broadcast_dims):
+  """Our Dropout (a saved keep mask for the backward pass) draws flax's mask, gives its values
+  bitwise and its gradient, which is mask / (1 - rate), checked against NumPy from the output."""
+  rate = 0.3
+  x = rng.normal(size=(4, 64, 32)).astype(np.float32)
+  w = rng.normal(size=x.shape).astype(np.float32)
+
+  def run(cls):
+    def loss(x):
+      out = cls(rate, broadcast_dims=broadcast_dims).apply(
+          {}, x, deterministic=False, rngs={'dropout': jax.random.key(3)})
+      return jnp.sum(out * w), out
+    (_, out), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(x)
+    return np.asarray(out), np.asarray(grad)
+
+  out, grad = run(dropout.Dropout)
+  flax_out, flax_grad = run(nn.Dropout)
+  np.testing.assert_array_equal(out, flax_out)
+  np.testing.assert_allclose(grad, flax_grad, rtol=1e-6)  # x / c vs x * (1 / c): one ulp
+  kept = out != 0
+  draws = kept.size // (x.shape[1] if broadcast_dims else 1)
+  assert abs(kept.mean() - (1 - rate)) < 4 * np.sqrt(rate * (1 - rate) / draws)
+  if broadcast_dims:  # one decision per (batch, feature), shared along the length axis
+    assert (kept == kept[:, :1]).all()
+  np.testing.assert_allclose(out[kept], x[kept] / (1 - rate), rtol=1e-6)
+  np.testing.assert_allclose(grad, np.where(kept, w / (1 - rate), 0), rtol=1e-6)
+  eval_out = dropout.Dropout(rate).apply({}, x, deterministic=True)
+  np.testing.assert_array_equal(eval_out, x)
+  np.testing.assert_array_equal(dropout.Dropout(1.0).apply({}, x, deterministic=False), 0 * x)

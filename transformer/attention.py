@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from transformer import positional
+from transformer.dropout import apply_mask
 
 # --- masks -------------------------------------------------------------------------------------
 
@@ -141,7 +142,7 @@ def _einsum_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, bias, is_causal, sc
   weights_BxKxGTxS = jax.nn.softmax(logits_BxKxGTxS, axis=-1)
   if dropout_rate > 0.0 and dropout_rng is not None:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights_BxKxGTxS.shape)
-    weights_BxKxGTxS = jnp.where(keep, weights_BxKxGTxS / (1.0 - dropout_rate), 0.0)
+    weights_BxKxGTxS = apply_mask(weights_BxKxGTxS, keep, dropout_rate)
   out_BxKxGTxH = jnp.einsum('BKQS,BKSH->BKQH', weights_BxKxGTxS.astype(v_BxSxKxH.dtype),
                             v_BxKxSxH)
   out_BxTxNxH = out_BxKxGTxH.reshape(B, K, G, T, H).transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)

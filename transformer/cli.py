@@ -56,6 +56,33 @@ def enable_compilation_cache():
   jax.config.update('jax_compilation_cache_dir', directory)
 
 
+def keep_freed_host_memory():
+  """Lets glibc's malloc keep the memory XLA:CPU frees, for the next step to reuse.
+
+  On CPU a jitted step allocates its temporaries as one buffer (360 MB for the GPT-2-style
+  config of experiments/perf/compare_pytorch.py). glibc serves a block that large with a fresh
+  mmap and unmaps it when it is freed, so every step faulted the whole buffer in again: ~95k
+  page faults per step, ~18% of the CPU time spent in the kernel, the step ~7% slower
+  (experiments/perf/RESULTS.md). One arena (the others cannot grow that far and fall back to
+  mmap), no mmap and a 2 GiB trim threshold make freed blocks stay in the heap. Resident memory
+  then stays at its peak, as with any caching allocator. Linux with glibc only; it must run
+  before JAX starts its threads (entry points call it first); TRANSFORMER_MALLOC=system leaves
+  glibc's defaults."""
+  import ctypes
+  import platform
+  if (platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc'
+      or os.environ.get('TRANSFORMER_MALLOC') == 'system'):
+    return
+  try:
+    libc = ctypes.CDLL('libc.so.6')
+  except OSError:
+    return
+  m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # glibc's <malloc.h>
+  libc.mallopt(m_arena_max, 1)
+  libc.mallopt(m_mmap_max, 0)
+  libc.mallopt(m_trim_threshold, 2**31 - 1)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing with one-line, exit-2 errors, for commands without --config:
   `app.run(main, flags_parser=cli.parse_flags)`."""
@@ -82,12 +109,14 @@ def begin_workdir_command(argv: list[str]):
   if not flags.FLAGS.workdir:
     fail('--workdir is required: the directory of a trained run')
   absl_logging.set_verbosity(absl_logging.WARNING)
+  keep_freed_host_memory()
   enable_compilation_cache()
   return flags.FLAGS
 
 
 def run(main: Callable, default_config: str = DEFAULT_CONFIG):
   """absl `app.run` with a --config flag (file[:preset]) and one-line, exit-2 errors."""
+  keep_freed_host_memory()
   from absl import app, flags
   from ml_collections import config_flags
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from transformer.attention import MultiHeadAttention
 from transformer.config import ModelConfig
+from transformer.dropout import Dropout
 
 ACTIVATIONS = {
     'relu': jax.nn.relu,
@@ -119,7 +120,7 @@ def feed_forward(cfg: ModelConfig, num_layers: int) -> FeedForward:
 def residual(cfg: ModelConfig, norm: nn.Module, f, x_BxTxD: jax.Array,
              deterministic: bool) -> jax.Array:
   """Pre-LN: x + dropout(f(norm(x))).  Post-LN: norm(x + dropout(f(x)))."""
-  drop = nn.Dropout(cfg.dropout, deterministic=deterministic)
+  drop = Dropout(cfg.dropout, deterministic=deterministic)
   if cfg.pre_norm:
     x_BxTxD = x_BxTxD + drop(f(norm(x_BxTxD)))
   else:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from transformer import attention, layers, positional
 from transformer.config import ModelConfig
+from transformer.dropout import Dropout
 
 
 # What a rematerialised block keeps from its forward pass (model.remat_policy); the rest is
@@ -90,7 +91,7 @@ class Embedder(nn.Module):
           cfg.max_len, cfg.d_model, cfg.init_std, jnp.dtype(cfg.param_dtype))
     if cfg.embed_norm:
       self.norm = layers.make_norm(cfg, 'norm')
-    self.dropout = nn.Dropout(cfg.dropout)
+    self.dropout = Dropout(cfg.dropout)
 
   def encode(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
              token_types_BxT: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
@@ -236,7 +237,7 @@ class EncoderOnly(nn.Module):
       self.pooler = dense(cfg.d_model, ('embed', 'hidden'), 'pooler', hidden_std)
       self.classifier = dense(cfg.num_classes, ('hidden', 'classes'), 'classifier',
                               cfg.init_std)
-      self.dropout = nn.Dropout(cfg.dropout)
+      self.dropout = Dropout(cfg.dropout)
 
   def encode(self, tokens_BxT: jax.Array, *, segment_ids: jax.Array | None = None,
              positions: jax.Array | None = None, token_types: jax.Array | None = None,

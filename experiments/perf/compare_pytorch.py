@@ -67,8 +67,10 @@ def _serve(info: dict, run_steps, matmul_peak):
 
 
 def jax_worker(fields: dict, warmup: int):
+  from transformer import cli
+  cli.keep_freed_host_memory()  # as train and bench do
   import jax
-  from transformer import bench, cli, scaling
+  from transformer import bench, scaling
   cli.enable_compilation_cache()
   config = _config(fields)
   prepared = bench.prepare(config)
