@@ -4,8 +4,8 @@ The values, and the random stream, are flax's `nn.Dropout`'s: the same `make_rng
 the same `jax.random.bernoulli` draw, x / (1 - rate) where kept and 0 elsewhere. Only what the
 backward pass keeps differs. Left to itself, XLA saves the two 32-bit threefry words of every
 element and recomputes the mask from them in the backward pass, fused into the transposes of
-the weight gradients; on CPU that made dropout cost ~15% of the GPT-2-style train step. A
-custom VJP that saves the boolean mask (8x fewer bytes) halves that cost
+the weight gradients; on CPU that made dropout cost ~12% of the GPT-2-style train step. A
+custom VJP that saves the boolean mask (8x fewer bytes) brings it to a few percent
 (experiments/perf/RESULTS.md). Gradients are unchanged: d/dx = mask / (1 - rate).
 """
 

@@ -1,0 +1,52 @@
+"""cli.keep_freed_host_memory: a large block freed by a worker thread is reused, not faulted in
+again (what XLA:CPU's per-step temporary buffer needs). Each case runs in a fresh process, as
+the setting must come before any thread allocates."""
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Allocates, touches and frees a 256 MiB block on a new thread, twice; prints the page faults of
+# the second round (ru_minflt). malloc and memset through ctypes: NumPy may ask for huge pages.
+PROBE = """
+import ctypes, resource, threading
+from transformer import cli
+cli.keep_freed_host_memory()
+libc = ctypes.CDLL('libc.so.6')
+libc.malloc.restype = ctypes.c_void_p
+size = 256 << 20
+def touch():
+  block = libc.malloc(size)
+  ctypes.memset(block, 1, size)
+  libc.free(ctypes.c_void_p(block))
+def on_a_thread():
+  thread = threading.Thread(target=touch)
+  thread.start()
+  thread.join()
+on_a_thread()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+on_a_thread()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def second_round_faults(**env) -> int:
+  result = subprocess.run([sys.executable, '-c', PROBE], cwd=ROOT, capture_output=True,
+                          text=True, env=dict(os.environ, **env), timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return int(result.stdout.split()[-1])
+
+
+@pytest.mark.skipif(platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc',
+                    reason='glibc malloc only')
+def test_a_freed_block_is_reused_instead_of_faulted_in_again():
+  pages = (256 << 20) // os.sysconf('SC_PAGE_SIZE')
+  kept = second_round_faults()
+  system = second_round_faults(TRANSFORMER_MALLOC='system')
+  assert system > pages // 2, (system, pages)  # glibc's default: a fresh mmap every time
+  assert kept < pages // 50, (kept, pages)
