@@ -250,10 +250,11 @@ def test_converted_gpt2_generates_and_fine_tunes(tmp_path, data_dir):
   end = tokenizer.eos_token_id
   hf = gpt2(vocab_size=n, bos_token_id=end, eos_token_id=end, pad_token_id=end)
   hf.save_pretrained(source)
-  run = tmp_path / 'run'
-  done = _command('transformer.convert', f'--from={source}', f'--to={run}')
+  converted, run = tmp_path / 'converted', tmp_path / 'run'
+  done = _command('transformer.convert', f'--from={source}', f'--to={converted}')
   assert done.returncode == 0, done.stderr
   assert 'gpt2 as decoder_only' in done.stdout
+  converted.rename(run)  # a moved run finds its own tokenizer
 
   # generate reads it like a trained run; greedy text = Hugging Face's greedy text
   prompt = 'To be, or not'

@@ -84,6 +84,9 @@ def test_tfds_datasets_through_grain_under_mock_data(tmp_path, dataset, family, 
       assert re.search(r'[a-j]{3}', text), text  # mock_data's random letters came through
       if task == 'classify':
         assert set(batch['label'].tolist()) <= {0, 1} and batch['weights'].shape == (B,)
+        lengths = (batch['inputs'] != BYTES.pad_id).sum(1)  # <bos> text <eos>, <eos> kept if cut
+        assert (batch['inputs'][:, 0] == BYTES.bos_id).all()
+        assert (batch['inputs'][np.arange(B), lengths - 1] == BYTES.eos_id).all()
       if task == 'seq2seq':
         assert batch['decoder_inputs'].shape == (B, T)
 

@@ -46,7 +46,13 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     raise ConfigError(f'--workdir={workdir} holds no run: {path} does not exist (train writes '
                       'it when a run starts)')
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(json.load(f))
+  # A converted run keeps its tokenizer in WORKDIR/tokenizer: found there after a move too.
+  data, moved = config.get('data'), os.path.join(workdir, 'tokenizer')
+  if (data is not None and data.get('tokenizer') == 'huggingface'
+      and not os.path.isdir(data.get('hf_tokenizer') or '') and os.path.isdir(moved)):
+    data.hf_tokenizer = os.path.abspath(moved)
+  return config
 
 
 def load(workdir: str, step: int | None = None, *, init_state: Any = None) -> Trained:

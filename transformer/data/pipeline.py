@@ -210,13 +210,15 @@ class Seq2SeqExample(grain.transforms.Map):
 
 
 class ClassifyExample(grain.transforms.Map):
-  """<bos> text, truncated and padded to seq_len, with its label."""
+  """<bos> text <eos> (BERT's [CLS] text [SEP]), the text truncated so that <eos> stays, padded
+  to seq_len, with its label."""
 
   def __init__(self, tokenizer, seq_len: int):
     self.tokenizer, self.seq_len = tokenizer, seq_len
 
   def map(self, example):
-    ids = _ids(self.tokenizer.bos_id, self.tokenizer.encode(example['text']))[:self.seq_len]
+    tok = self.tokenizer
+    ids = _ids(tok.bos_id, tok.encode(example['text'])[:self.seq_len - 2], tok.eos_id)
     row = pad_features({'inputs': ids}, self.seq_len)
     row.update(label=np.int32(example['label']), weights=np.float32(1.0))
     return row
