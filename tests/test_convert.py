@@ -359,3 +359,40 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path):
   done = _command('transformer.convert', f'--from={good}', f'--to={run}', '--overwrite')
   assert done.returncode == 0, done.stderr
   assert sorted(os.listdir(run)) == ['checkpoints', 'config.json']
+
+
+def marian_tokenizer(path) -> 'transformers.MarianTokenizer':
+  """A Marian tokenizer with its own SentencePiece model per language, trained offline."""
+  import sentencepiece as spm
+  texts = {'source': ['the cat sat on the mat', 'a dog ran in the park', 'hello world'],
+           'target': ['die katze sass auf der matte', 'ein hund lief im park', 'hallo welt']}
+  pieces = ['<pad>', '</s>', '<unk>']
+  for side, lines in texts.items():
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines * 20), model_prefix=str(path / side), vocab_size=40,
+        character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False,
+        minloglevel=2)
+    model = spm.SentencePieceProcessor(model_file=str(path / f'{side}.model'))
+    pieces += [p for p in map(model.id_to_piece, range(model.get_piece_size()))
+               if p not in pieces]
+  (path / 'vocab.json').write_text(json.dumps({p: i for i, p in enumerate(pieces)}))
+  tokenizer = transformers.MarianTokenizer(str(path / 'source.model'),
+                                           str(path / 'target.model'), str(path / 'vocab.json'))
+  tokenizer.save_pretrained(path / 'saved')
+  return tokenizer
+
+
+def test_marian_targets_are_encoded_with_the_target_vocabulary(tmp_path):
+  from transformer.data import pipeline, tokenizers
+  hf = marian_tokenizer(tmp_path)
+  ours = tokenizers.HuggingFaceTokenizer(tmp_path / 'saved')
+  source, target = 'the cat sat', 'die katze sass'
+  expected = hf(text_target=target, add_special_tokens=False)['input_ids']
+  assert ours.encode_target(target).tolist() == expected
+  assert ours.encode(target).tolist() != expected  # the source model splits it differently
+  assert ours.encode(source).tolist() == hf(source, add_special_tokens=False)['input_ids']
+  assert ours.decode(ours.encode_target(target)) == target
+  row = pipeline.Seq2SeqExample(ours, 32).map({'inputs': source, 'targets': target})
+  assert row['inputs'].tolist() == hf(source)['input_ids']  # ... </s>
+  assert row['targets'].tolist() == hf(text_target=target)['input_ids']
+  assert row['decoder_inputs'].tolist() == [ours.pad_id] + row['targets'][:-1].tolist()

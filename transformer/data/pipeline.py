@@ -204,7 +204,7 @@ class Seq2SeqExample(grain.transforms.Map):
   def map(self, example):
     tok, T = self.tokenizer, self.seq_len
     source = _ids(tok.encode(example['inputs'])[:T - 1], tok.eos_id)
-    target = _ids(tok.encode(example['targets'])[:T - 1], tok.eos_id)
+    target = _ids(tok.encode_target(example['targets'])[:T - 1], tok.eos_id)
     return {'inputs': source, 'targets': target, 'decoder_inputs': _ids(tok.bos_id, target[:-1]),
             'weights': np.ones(len(target), np.float32)}
 

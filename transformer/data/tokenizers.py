@@ -29,6 +29,10 @@ class Tokenizer(Protocol):
 
   def encode(self, text: str) -> np.ndarray: ...
 
+  def encode_target(self, text: str) -> np.ndarray:
+    """The target side of a translation pair: `encode`, except where the target language has
+    its own vocabulary (Marian's target SentencePiece model)."""
+
   def decode(self, ids: Iterable[int]) -> str: ...
 
 
@@ -55,6 +59,9 @@ class ByteTokenizer:
   def decode(self, ids: Iterable[int]) -> str:
     data = bytes(int(i) for i in ids if 0 <= int(i) < 256 and int(i) not in self.special_ids)
     return data.decode('utf-8', errors='replace')
+
+  def encode_target(self, text: str) -> np.ndarray:  # one vocabulary for both sides
+    return self.encode(text)
 
 
 _ORDINARY_BYTE = np.ones(256, bool)
@@ -90,6 +97,9 @@ class SentencePieceTokenizer:
 
   def decode(self, ids: Iterable[int]) -> str:
     return self._sp.decode([int(i) for i in ids if int(i) not in self.special_ids])
+
+  def encode_target(self, text: str) -> np.ndarray:  # one vocabulary for both sides
+    return self.encode(text)
 
 
 def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_path: str | os.PathLike,
@@ -158,7 +168,8 @@ class HuggingFaceTokenizer:
   """A pretrained model's tokenizer, as `save_pretrained` wrote it (read with
   `transformers.AutoTokenizer`: the `interop` extra). Its special tokens take our roles: GPT-2's
   <|endoftext|> begins and ends documents; BERT's [CLS] begins and [SEP] ends and separates;
-  Marian's <pad> begins a target (its decoder start) and </s> ends it."""
+  Marian's <pad> begins a target (its decoder start) and </s> ends it. Targets are encoded with
+  Marian's target SentencePiece model (`text_target`), which `decode` also reads."""
 
   def __init__(self, directory: str | os.PathLike):
     try:
@@ -201,3 +212,7 @@ class HuggingFaceTokenizer:
 
   def decode(self, ids: Iterable[int]) -> str:
     return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+  def encode_target(self, text: str) -> np.ndarray:  # Marian: the target SentencePiece model
+    ids = self._tok(text_target=text, add_special_tokens=False)['input_ids']
+    return np.asarray(ids, dtype=np.int32)
