@@ -91,6 +91,14 @@ def test_tfds_datasets_through_grain_under_mock_data(tmp_path, dataset, family, 
         assert batch['decoder_inputs'].shape == (B, T)
 
 
+def test_classification_rows_keep_eos_when_the_text_is_cut():
+  row = pipeline.ClassifyExample(BYTES, 6).map({'text': 'abcdefgh', 'label': 1})
+  assert row['inputs'].tolist() == [BYTES.bos_id, *b'abcd', BYTES.eos_id]
+  row = pipeline.ClassifyExample(BYTES, 8).map({'text': 'ab', 'label': 0})
+  assert row['inputs'].tolist() == [BYTES.bos_id, *b'ab', BYTES.eos_id, 0, 0, 0, 0]
+  assert row['inputs_segment_ids'].tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
+
+
 # --- the embedded corpus -----------------------------------------------------------------------
 
 
@@ -422,6 +430,13 @@ def test_host_shards_are_disjoint_and_cover_the_data():
 def test_dataset_must_suit_the_family(family, dataset, head, message):
   with pytest.raises(ConfigError, match=re.escape(message)):
     pipeline.check_data_config(make_config(family, dataset, head=head))
+
+
+def test_classification_needs_room_for_bos_and_eos():
+  config = make_config('encoder_only', 'imdb_reviews', head='classify')
+  config.data.seq_len = 1
+  with pytest.raises(ConfigError, match=re.escape('data.seq_len=1 is invalid: must be >= 2')):
+    pipeline.check_data_config(config)
 
 
 def data_command(*args):

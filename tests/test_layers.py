@@ -89,13 +89,14 @@ def test_dropout_only_in_training(rng):
   assert np.abs(train(1) - eval_a).max() > 1e-3
 
 
-@pytest.mark.parametrize('broadcast_dims', [(), (1,)])
-def test_dropout_equals_flax_dropout_with_the_paper_gradient(rng, broadcast_dims):
+@pytest.mark.parametrize('dtype,broadcast_dims', [('float32', ()), ('float32', (1,)),
+                                                  ('bfloat16', ())])
+def test_dropout_equals_flax_dropout_with_the_paper_gradient(rng, dtype, broadcast_dims):
   """Our Dropout (a saved keep mask for the backward pass) draws flax's mask, gives its values
   bitwise and its gradient, which is mask / (1 - rate), checked against NumPy from the output."""
   rate = 0.3
-  x = rng.normal(size=(4, 64, 32)).astype(np.float32)
-  w = rng.normal(size=x.shape).astype(np.float32)
+  x = jnp.asarray(rng.normal(size=(4, 64, 32)), dtype)
+  w = jnp.asarray(rng.normal(size=x.shape), dtype)
 
   def run(cls):
     def loss(x):
@@ -103,19 +104,22 @@ def test_dropout_equals_flax_dropout_with_the_paper_gradient(rng, broadcast_dims
           {}, x, deterministic=False, rngs={'dropout': jax.random.key(3)})
       return jnp.sum(out * w), out
     (_, out), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(x)
-    return np.asarray(out), np.asarray(grad)
+    assert out.dtype == grad.dtype == x.dtype
+    return np.asarray(out, np.float32), np.asarray(grad, np.float32)
 
   out, grad = run(dropout.Dropout)
   flax_out, flax_grad = run(nn.Dropout)
   np.testing.assert_array_equal(out, flax_out)
-  np.testing.assert_allclose(grad, flax_grad, rtol=1e-6)  # x / c vs x * (1 / c): one ulp
+  tol = 1e-6 if dtype == 'float32' else 1e-2  # x / c vs x * (1 / c): one ulp
+  np.testing.assert_allclose(grad, flax_grad, rtol=tol)
   kept = out != 0
   draws = kept.size // (x.shape[1] if broadcast_dims else 1)
   assert abs(kept.mean() - (1 - rate)) < 4 * np.sqrt(rate * (1 - rate) / draws)
   if broadcast_dims:  # one decision per (batch, feature), shared along the length axis
     assert (kept == kept[:, :1]).all()
-  np.testing.assert_allclose(out[kept], x[kept] / (1 - rate), rtol=1e-6)
-  np.testing.assert_allclose(grad, np.where(kept, w / (1 - rate), 0), rtol=1e-6)
+  x32, w32 = np.asarray(x, np.float32), np.asarray(w, np.float32)
+  np.testing.assert_allclose(out[kept], x32[kept] / (1 - rate), rtol=tol)
+  np.testing.assert_allclose(grad, np.where(kept, w32 / (1 - rate), 0), rtol=tol)
   eval_out = dropout.Dropout(rate).apply({}, x, deterministic=True)
   np.testing.assert_array_equal(eval_out, x)
   np.testing.assert_array_equal(dropout.Dropout(1.0).apply({}, x, deterministic=False), 0 * x)

@@ -62,16 +62,20 @@ def keep_freed_host_memory():
   On CPU a jitted step allocates its temporaries as one buffer (360 MB for the GPT-2-style
   config of experiments/perf/compare_pytorch.py). glibc serves a block that large with a fresh
   mmap and unmaps it when it is freed, so every step faulted the whole buffer in again: ~95k
-  page faults per step, ~18% of the CPU time spent in the kernel, the step ~7% slower
+  page faults per step, ~18% of the CPU time spent in the kernel, the step 9-18% slower
   (experiments/perf/RESULTS.md). One arena (the others cannot grow that far and fall back to
   mmap), no mmap and a 2 GiB trim threshold make freed blocks stay in the heap. Resident memory
-  then stays at its peak, as with any caching allocator. Linux with glibc only; it must run
-  before JAX starts its threads (entry points call it first); TRANSFORMER_MALLOC=system leaves
-  glibc's defaults."""
+  then stays at its peak, as with any caching allocator, and threads share one malloc lock.
+
+  Applied on Linux with glibc, where JAX will run on the CPU: JAX_PLATFORMS starts with cpu, or
+  it is unset and no GPU or TPU plugin is installed (an accelerator's temporaries are device
+  memory). TRANSFORMER_MALLOC=system never applies it, =keep always does. It must run before
+  JAX starts its threads: train, bench, generate, ablation and viz call it first."""
   import ctypes
   import platform
-  if (platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc'
-      or os.environ.get('TRANSFORMER_MALLOC') == 'system'):
+  choice = os.environ.get('TRANSFORMER_MALLOC', '')
+  if (choice == 'system' or platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc'
+      or (choice != 'keep' and not _cpu_host())):
     return
   try:
     libc = ctypes.CDLL('libc.so.6')
@@ -81,6 +85,22 @@ def keep_freed_host_memory():
   libc.mallopt(m_arena_max, 1)
   libc.mallopt(m_mmap_max, 0)
   libc.mallopt(m_trim_threshold, 2**31 - 1)
+
+
+def _cpu_host() -> bool:
+  """Whether JAX will compute on the CPU, judged without starting it."""
+  import importlib.util
+  platforms = os.environ.get('JAX_PLATFORMS', '').strip()
+  if platforms:
+    return platforms.split(',')[0].strip() == 'cpu'
+  for plugin in ('jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin',
+                 'jax_rocm7_plugin', 'libtpu'):
+    try:
+      if importlib.util.find_spec(plugin) is not None:
+        return False
+    except (ImportError, ValueError):
+      pass
+  return True
 
 
 def parse_flags(argv: list[str]) -> list[str]:

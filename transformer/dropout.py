@@ -6,7 +6,8 @@ backward pass keeps differs. Left to itself, XLA saves the two 32-bit threefry w
 element and recomputes the mask from them in the backward pass, fused into the transposes of
 the weight gradients; on CPU that made dropout cost ~12% of the GPT-2-style train step. A
 custom VJP that saves the boolean mask (8x fewer bytes) brings it to a few percent
-(experiments/perf/RESULTS.md). Gradients are unchanged: d/dx = mask / (1 - rate).
+(experiments/perf/RESULTS.md). Gradients are unchanged: d/dx = mask / (1 - rate). Being a
+custom VJP, it supports reverse-mode differentiation only (grad, vjp), not jvp or jacfwd.
 """
 
 import functools
@@ -19,7 +20,8 @@ from flax.linen.module import merge_param
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def apply_mask(x: jax.Array, keep: jax.Array, rate: float) -> jax.Array:
-  """x / (1 - rate) where `keep`, else 0; the backward pass saves only `keep`."""
+  """x / (1 - rate) where `keep` (broadcastable to x), else 0; the backward pass saves only
+  `keep`."""
   return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
@@ -49,6 +51,5 @@ class Dropout(nn.Dropout):
     shape = list(inputs.shape)
     for dim in self.broadcast_dims:
       shape[dim] = 1
-    keep = jnp.broadcast_to(jax.random.bernoulli(rng, p=1.0 - self.rate, shape=shape),
-                            inputs.shape)
+    keep = jax.random.bernoulli(rng, p=1.0 - self.rate, shape=shape)  # broadcast by where
     return apply_mask(inputs, keep, self.rate)

@@ -47,11 +47,11 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
                       'it when a run starts)')
   with open(path) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  # A converted run keeps its tokenizer in WORKDIR/tokenizer: found there after a move too.
-  data, moved = config.get('data'), os.path.join(workdir, 'tokenizer')
-  if (data is not None and data.get('tokenizer') == 'huggingface'
-      and not os.path.isdir(data.get('hf_tokenizer') or '') and os.path.isdir(moved)):
-    data.hf_tokenizer = os.path.abspath(moved)
+  # A converted run keeps its tokenizer in WORKDIR/tokenizer: read from there wherever the run
+  # was converted (it may have been moved, and another run put where it was).
+  data, own = config.get('data'), os.path.join(workdir, 'tokenizer')
+  if data is not None and data.get('tokenizer') == 'huggingface' and os.path.isdir(own):
+    data.hf_tokenizer = os.path.abspath(own)
   return config
 
 

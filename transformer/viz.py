@@ -663,6 +663,7 @@ def main(argv):
   if args and command != 'loss':
     cli.fail(f'{command}: unexpected arguments: {" ".join(args)}')
   absl_logging.set_verbosity(absl_logging.WARNING)
+  cli.keep_freed_host_memory()
   cli.enable_compilation_cache()
   f = flags.FLAGS
   try:

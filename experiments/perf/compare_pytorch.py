@@ -68,7 +68,7 @@ def _serve(info: dict, run_steps, matmul_peak):
 
 def jax_worker(fields: dict, warmup: int):
   from transformer import cli
-  cli.keep_freed_host_memory()  # as train and bench do
+  cli.keep_freed_host_memory()  # as train and bench do (TRANSFORMER_MALLOC=system: neither side)
   import jax
   from transformer import bench, scaling
   cli.enable_compilation_cache()
@@ -84,6 +84,8 @@ def jax_worker(fields: dict, warmup: int):
 
 
 def torch_worker(fields: dict, warmup: int):
+  from transformer import cli
+  cli.keep_freed_host_memory()  # the same host allocator setting for both sides
   import math
   import numpy as np
   import torch

@@ -94,6 +94,8 @@ def check_data_config(config: Any) -> tuple[ModelConfig, DatasetSpec, str]:
   task = task_for(cfg, spec, data.dataset)
   if spec.tfds_name is None and data.tokenizer == 'byte':
     _check_synthetic_fits(data, task)
+  if task == 'classify' and data.seq_len < 2:
+    fail('seq_len', 'must be >= 2 for classification (<bos> text <eos>)')
   if task == 'classify' and cfg.num_classes != spec.num_classes:
     raise ConfigError(f'model.num_classes={cfg.num_classes} is invalid: {data.dataset} has '
                       f'{spec.num_classes} classes')
