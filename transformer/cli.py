@@ -64,8 +64,10 @@ def keep_freed_host_memory():
   mmap and unmaps it when it is freed, so every step faulted the whole buffer in again: ~95k
   page faults per step, ~18% of the CPU time spent in the kernel, the step 9-18% slower
   (experiments/perf/RESULTS.md). One arena (the others cannot grow that far and fall back to
-  mmap), no mmap and a 2 GiB trim threshold make freed blocks stay in the heap. Resident memory
-  then stays at its peak, as with any caching allocator, and threads share one malloc lock.
+  mmap), no mmap and no trimming make freed blocks stay in the heap (a trim threshold, even
+  mallopt's largest, 2 GiB, handed the wide config's freed temporaries back every few steps).
+  Resident memory then stays at its peak, as with any caching allocator, and threads share one
+  malloc lock.
 
   Applied on Linux with glibc, where JAX will run on the CPU: JAX_PLATFORMS starts with cpu, or
   it is unset and no GPU or TPU plugin is installed (an accelerator's temporaries are device
@@ -84,7 +86,7 @@ def keep_freed_host_memory():
   m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # glibc's <malloc.h>
   libc.mallopt(m_arena_max, 1)
   libc.mallopt(m_mmap_max, 0)
-  libc.mallopt(m_trim_threshold, 2**31 - 1)
+  libc.mallopt(m_trim_threshold, -1)  # never trim (mallopt(3))
 
 
 def _cpu_host() -> bool:
@@ -114,8 +116,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def define_workdir_flag():
-  """--workdir, for commands that read a trained run. train defines it when imported (and
-  `trained.load` imports train): the commands share that definition."""
+  """--workdir, for commands that read a trained run. train defines it when imported: the
+  commands share that definition."""
   from transformer import train  # noqa: F401
 
 
