@@ -1,14 +1,17 @@
 """`python -m transformer.generate` and `trained.load` on a real (briefly trained) run."""
 
+import functools
 import os
+import shutil
 import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 from tests.test_train import run_config
-from transformer import decode, generate, train, trained
+from transformer import checkpoint, decode, generate, optim, train, trained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,6 +33,33 @@ def test_load_reads_the_newest_or_a_given_checkpoint(run_dir):
   assert not (kernels[0] == kernels[1]).all()  # two steps of training apart
   with pytest.raises(trained.ConfigError, match='--step=3 has no checkpoint'):
     trained.load(run_dir, step=3)
+
+
+def test_load_reads_the_parameters_alone_bitwise(run_dir, tmp_path):
+  run = trained.load(run_dir)
+  tx, _ = optim.make_optimizer(run.config.opt, run.config.train.num_steps, run.cfg)
+  abstract = jax.eval_shape(functools.partial(train.init_state, run.cfg, tx), jax.random.key(0))
+  ckpts = checkpoint.Checkpoints(os.path.join(run_dir, 'checkpoints'))
+  try:
+    full = ckpts.restore_step(4, abstract)[1]  # the whole train state, as resuming reads it
+  finally:
+    ckpts.close()
+  assert jax.tree.structure(run.params) == jax.tree.structure(full.params)
+  for ours, whole in zip(jax.tree.leaves(run.params), jax.tree.leaves(full.params)):
+    assert ours.dtype == whole.dtype
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(whole))
+
+  # An unreadable newest checkpoint is skipped and left as it is: load only reads.
+  copy = str(tmp_path / 'run')
+  shutil.copytree(run_dir, copy)
+  for root, _, files in os.walk(os.path.join(copy, 'checkpoints', '4', 'state')):
+    for name in files:
+      open(os.path.join(root, name), 'wb').close()
+  older = trained.load(copy)
+  assert older.step == 2
+  assert sorted(os.listdir(os.path.join(copy, 'checkpoints'))) == ['2', '4']
+  np.testing.assert_array_equal(np.asarray(jax.tree.leaves(older.params)[0]),
+                                np.asarray(jax.tree.leaves(trained.load(run_dir, 2).params)[0]))
 
 
 def test_generated_text_is_the_decoded_continuation(run_dir):

@@ -5,7 +5,9 @@ A checkpoint is a step directory under WORKDIR/checkpoints holding three items: 
 (JSON: wall seconds, tokens seen). Nothing is pickled. Saves are asynchronous; orbax writes to
 a temporary directory and renames it when complete, so a run killed mid-save leaves the
 previous checkpoints intact. On restore, a step that cannot be read is renamed to
-`N.corrupted` (kept, never deleted) and the previous one is used.
+`N.corrupted` (kept, never deleted) and the previous one is used. Reading a trained model
+(`restore_params`) reads the parameters alone, not the optimizer's state (two more copies of
+the parameters under AdamW).
 """
 
 import os
@@ -52,13 +54,37 @@ class Checkpoints:
         meta=ocp.args.JsonRestore()))
     return step, restored.state, restored.data, restored.meta
 
+  def restore_params(self, step: int, abstract_params: Any) -> Any:
+    """The parameters of checkpoint `step` (on the first local device), read without the rest of
+    the state; raises if they cannot be read."""
+    target = {'params': abstract_params}
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(dtype=a.dtype, sharding=device),
+                                target)
+    # The state item is an ordinary orbax PyTree: its handler reads a subtree of it directly.
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
+      restored = reader.restore(
+          os.path.join(self.directory, str(step), 'state'),
+          args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                      partial_restore=True))
+    return restored['params']
+
   def restore_latest(self, abstract_state: Any, set_aside: bool = True
                      ) -> tuple[int, Any, dict, dict] | None:
     """(step, state, data_state, meta) of the newest readable checkpoint, or None. An unreadable
     one is renamed N.corrupted (with `set_aside`; otherwise left as it is) and skipped."""
+    return self._newest_readable(lambda step: self.restore_step(step, abstract_state), set_aside)
+
+  def restore_latest_params(self, abstract_params: Any) -> tuple[int, Any] | None:
+    """(step, params) of the newest checkpoint whose parameters can be read, or None; an
+    unreadable one is left as it is (this only reads) and skipped."""
+    return self._newest_readable(
+        lambda step: (step, self.restore_params(step, abstract_params)), set_aside=False)
+
+  def _newest_readable(self, read, set_aside: bool):
     for step in sorted(self.steps(), reverse=True):
       try:
-        return self.restore_step(step, abstract_state)
+        return read(step)
       except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: fall back
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         if not set_aside:

@@ -229,7 +229,7 @@ def initial_params(config: Any, cfg: ModelConfig, fresh: Any) -> Any:
   """`fresh` parameters, with every one that train.init_from's newest checkpoint also holds
   replaced by its value there (on the host). Prints what started fresh and what was left out."""
   from transformer import trained
-  source = trained.load(config.train.init_from, init_state=init_state)
+  source = trained.load(config.train.init_from)  # its parameters, not its optimizer state
   loaded = _flat(_relayout(cfg, source.params))
   paths = jax.tree_util.tree_flatten_with_path(fresh)[0]
   names = [_name(path) for path, _ in paths]

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from transformer import models, optim
+from transformer import models
 from transformer.config import ConfigError, ModelConfig, check_config
 
 
@@ -55,33 +55,29 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
-def load(workdir: str, step: int | None = None, *, init_state: Any = None) -> Trained:
+def load(workdir: str, step: int | None = None) -> Trained:
   """The run in `workdir` at checkpoint `step` (default: the newest); a ConfigError if there is
-  no run or no such checkpoint. `init_state`: train.init_state (given by train itself, which may
-  run as __main__)."""
+  no run or no such checkpoint. Only the parameters are read (not the optimizer's state)."""
   from transformer import checkpoint
-  if init_state is None:
-    from transformer.train import init_state
 
   config = read_config(workdir)
   cfg = check_config(config)
-  tx, _ = optim.make_optimizer(config.opt, config.train.num_steps, cfg)
-  abstract = jax.eval_shape(functools.partial(init_state, cfg, tx), jax.random.key(0))
+  abstract = jax.eval_shape(functools.partial(models.init_params, cfg), jax.random.key(0))
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'))
   try:
     steps = ckpts.steps()
     if not steps:
       raise ConfigError(f'--workdir={workdir} has no checkpoint yet (checkpoints/ is empty)')
     if step is None:
-      restored = ckpts.restore_latest(abstract, set_aside=False)
+      restored = ckpts.restore_latest_params(abstract)
       if restored is None:
         raise ConfigError(f'--workdir={workdir}: no checkpoint could be read')
     elif step not in steps:
       raise ConfigError(f'--step={step} has no checkpoint in {workdir}; steps saved: '
                         + ', '.join(map(str, sorted(steps))))
     else:
-      restored = ckpts.restore_step(step, abstract)
+      restored = step, ckpts.restore_params(step, abstract)
   finally:
     ckpts.close()
-  step, state, _, _ = restored
-  return Trained(workdir=workdir, config=config, cfg=cfg, params=state.params, step=step)
+  step, params = restored
+  return Trained(workdir=workdir, config=config, cfg=cfg, params=params, step=step)
