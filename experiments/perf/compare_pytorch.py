@@ -234,6 +234,7 @@ def compare(name: str, args) -> dict:
   result = dict(config=name, fields=fields, rounds=args.rounds, steps_per_window=args.steps,
                 params=params['pytorch'], flops_per_token=flops_per_token, peak_flops=peak,
                 peaks={k: [round(x / 1e9, 1) for x in v] for k, v in peaks.items()},
+                window_seconds=seconds,  # per side, in the order run (rounds alternate A B B A)
                 pytorch=dict(workers[-1].info, tokens_per_sec=statistics.median(torch_tps),
                              tokens_per_sec_range=[min(torch_tps), max(torch_tps)],
                              mfu=flops_per_token * statistics.median(torch_tps) / peak),
