@@ -11,8 +11,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Allocates, touches and frees a block of PROBE_MIB MiB on a new thread, twice; prints the page faults of
-# the second round (ru_minflt). malloc and memset through ctypes (NumPy may ask for huge pages),
+# Allocates, touches and frees a block of PROBE_MIB MiB on a new thread, twice; prints the page
+# faults of the second round (ru_minflt). malloc and memset through ctypes (NumPy may ask for huge pages),
 # and transparent huge pages off for the process (prctl PR_SET_THP_DISABLE): with them a fresh
 # block takes one fault per 2 MiB, not per page.
 PROBE = """
@@ -42,8 +42,8 @@ def second_round_faults(mib: int = 256, **env) -> int:
   clean = {k: v for k, v in os.environ.items()  # no malloc settings of the caller's
            if not k.startswith(('MALLOC_', 'GLIBC_TUNABLES', 'TRANSFORMER_MALLOC'))}
   result = subprocess.run([sys.executable, '-c', PROBE], cwd=ROOT, capture_output=True,
-                          text=True, env=dict(clean, JAX_PLATFORMS='cpu', PROBE_MIB=str(mib), **env),
-                          timeout=120)
+                          text=True, timeout=120,
+                          env=dict(clean, JAX_PLATFORMS='cpu', PROBE_MIB=str(mib), **env))
   assert result.returncode == 0, result.stderr[-2000:]
   return int(result.stdout.split()[-1])
 

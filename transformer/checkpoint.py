@@ -69,11 +69,11 @@ class Checkpoints:
                                       partial_restore=True))
     return restored['params']
 
-  def restore_latest(self, abstract_state: Any, set_aside: bool = True
-                     ) -> tuple[int, Any, dict, dict] | None:
+  def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict, dict] | None:
     """(step, state, data_state, meta) of the newest readable checkpoint, or None. An unreadable
-    one is renamed N.corrupted (with `set_aside`; otherwise left as it is) and skipped."""
-    return self._newest_readable(lambda step: self.restore_step(step, abstract_state), set_aside)
+    one is renamed N.corrupted and skipped."""
+    return self._newest_readable(lambda step: self.restore_step(step, abstract_state),
+                                 set_aside=True)
 
   def restore_latest_params(self, abstract_params: Any) -> tuple[int, Any] | None:
     """(step, params) of the newest checkpoint whose parameters can be read, or None; an

@@ -19,10 +19,8 @@ import time
 
 import numpy as np
 
-CONFIGS = {  # as compare_pytorch.CONFIGS: tokens per step, d_model, d_ff, heads, sequence
-    'gpt2': dict(tokens=8 * 256, d=256, ff=1024, heads=4, seq=256, batch=8),
-    'wide': dict(tokens=4 * 512, d=768, ff=3072, heads=12, seq=512, batch=4),
-}
+from compare_pytorch import CONFIGS  # the same configs, beside this file
+
 FRAMEWORKS = ('jax', 'torch', 'numpy')
 
 
@@ -30,15 +28,15 @@ def shapes(c: dict) -> list[tuple[str, tuple, str]]:
   """(name, dims, layout): C[m, n] = A B for dims (m, k, n), with A stored (m, k) or (k, m)
   (layout's first letter n or t) and B stored (k, n) or (n, k); layout 'batched' is Q K^T with
   dims (batch x heads, T, head_dim, S)."""
-  t, d, ff = c['tokens'], c['d'], c['ff']
+  batch, seq, heads = c['data.batch_size'], c['data.seq_len'], c['model.num_heads']
+  t, d, ff = batch * seq, c['model.d_model'], c['model.d_ff']
   out = []
   for layer, (fan_in, fan_out) in (('qkv', (d, 3 * d)), ('out', (d, d)), ('up', (d, ff)),
                                    ('down', (ff, d))):
     out += [(f'{layer} forward', (t, fan_in, fan_out), 'nn'),
             (f'{layer} dX', (t, fan_out, fan_in), 'nt'),
             (f'{layer} dW', (fan_in, t, fan_out), 'tn')]
-  out.append(('attention Q K^T', (c['batch'] * c['heads'], c['seq'], d // c['heads'], c['seq']),
-              'batched'))
+  out.append(('attention Q K^T', (batch * heads, seq, d // heads, seq), 'batched'))
   out.append(('square 2048', (2048, 2048, 2048), 'nn'))
   return out
 
