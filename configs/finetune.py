@@ -14,12 +14,12 @@ head's parameters fresh.
 
 import os
 
-from transformer import presets, trained
+from transformer.training import runs
 
 
 def get_config(run: str | None = None):
   if not run:
     raise ValueError('name the run to fine-tune: --config=configs/finetune.py:RUN_DIR')
-  config = presets.with_base(trained.read_config(run))
+  config = runs.read_config(run)
   config.train.init_from = os.path.abspath(run)
   return config

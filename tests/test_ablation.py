@@ -16,8 +16,11 @@ import numpy as np
 import pytest
 
 from tests import reference
-from transformer import ablation, bench, models
-from transformer.config import ConfigError, ModelConfig
+from transformer.analysis import bench
+from transformer.config import ModelConfig
+from transformer.errors import ConfigError
+from transformer.inference import ablation
+from transformer.model import models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -197,9 +200,9 @@ def run_dir(tmp_path_factory, data_dir):
   """A tiny GPT trained for 40 steps: test_train's decoder run, whose compiled steps the suite's
   compilation cache then holds."""
   from tests.test_train import run_config
-  from transformer import train
+  from transformer.training import loop
   workdir = str(tmp_path_factory.mktemp('ablation_run'))
-  train.train_and_evaluate(run_config('decoder_only', 'shakespeare', data_dir, 40,
+  loop.train_and_evaluate(run_config('decoder_only', 'shakespeare', data_dir, 40,
                                       train__sample_tokens=0), workdir, devices=jax.devices()[:1])
   return workdir
 

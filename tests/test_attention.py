@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests import reference
-from transformer import attention
+from transformer.model import attention
 
 
 def random_qkv(rng, B=2, T=5, S=7, N=4, K=4, H=8, dtype=np.float32):

@@ -1,9 +1,13 @@
-"""Validation: every invalid model config fails at construction with one line naming the field."""
+"""Validation: every invalid config fails once, right after it is resolved, with one line naming
+the field; the schema is the one source of every field and its default."""
+
+import dataclasses
 
 import pytest
 
-from transformer import presets
-from transformer.config import ConfigError, ModelConfig, check_config
+from transformer import config as schema, presets
+from transformer.config import Experiment, ModelConfig
+from transformer.errors import ConfigError
 
 INVALID = [
     (dict(d_model=100, num_heads=3), r'model\.d_model=100 .*divisible by model\.num_heads=3'),
@@ -44,7 +48,7 @@ def test_defaults_resolve_kv_heads_and_decoder_layers():
 
 def test_config_is_frozen_and_hashable():
   cfg = ModelConfig()
-  with pytest.raises(Exception):
+  with pytest.raises(dataclasses.FrozenInstanceError):
     cfg.d_model = 8
   assert hash(cfg) == hash(ModelConfig())
 
@@ -61,9 +65,9 @@ def test_learned_table_must_cover_the_sequence():
   config = presets.get_config('decoder_only', 'tiny')
   config.data.seq_len = config.model.max_len + 1
   with pytest.raises(ConfigError, match=r'data\.seq_len=257 .*model\.max_len=256'):
-    check_config(config)
+    Experiment.from_config(config)
   config.model.position = 'rope'  # no table: any length
-  check_config(config)
+  Experiment.from_config(config)
 
 
 @pytest.mark.parametrize('section,name,value', [
@@ -74,12 +78,83 @@ def test_run_fields_must_be_positive_integers(section, name, value):
   config[section].unlock()
   config[section][name] = value
   with pytest.raises(ConfigError, match=rf'{section}\.{name}={value!r} .*positive integer'):
-    check_config(config)
+    Experiment.from_config(config)
 
 
-def test_every_base_field_is_a_model_field():
-  """The commented base config and the dataclass stay in step."""
-  check_config(presets.base_config())
+SECTION_ERRORS = [
+    ('data', 'tokenizer', 'wordpiece', r"data\.tokenizer='wordpiece' .*byte, sentencepiece"),
+    ('data', 'batch_size', '8', r"data\.batch_size='8' .*integer"),
+    ('data', 'mask_rate', 1.0, r'data\.mask_rate=1\.0 .*\(0, 1\)'),
+    ('data', 'prefetch', -1, r'data\.prefetch=-1 .*>= 0'),
+    ('train', 'seed', 2**32, r'train\.seed=4294967296 .*\[0, 2\^32\)'),
+    ('train', 'keep_checkpoints', 0, r'train\.keep_checkpoints=0 .*>= 1'),
+    ('train', 'label_smoothing', 1.0, r'train\.label_smoothing=1\.0 .*\[0, 1\)'),
+    ('train', 'bleu_tokenize', 'spm', r"train\.bleu_tokenize='spm' .*13a, intl, char, none"),
+    ('train', 'bleu_examples', 4, r'train\.bleu_examples=4: BLEU is for encoder_decoder'),
+    ('train', 'grad_accum_steps', 3, r'train\.grad_accum_steps=3 .*divide data\.batch_size=32'),
+    ('opt', 'name', 'lion', r"opt\.name='lion' .*adamw, adafactor, sgd"),
+    ('opt', 'lr', 0.0, r'opt\.lr=0\.0 .*> 0'),
+    ('opt', 'b2', 1.0, r'opt\.b2=1\.0 .*\[0, 1\)'),
+    ('mesh', 'fsdp', 0, r'mesh\.fsdp=0 .*positive device count or -1'),
+    ('mesh', 'tensor', -1, r'mesh\.tensor=-1 .*only one mesh field may be -1'),
+]
+
+
+@pytest.mark.parametrize('section,name,value,message', SECTION_ERRORS)
+def test_every_section_is_typed_and_validated(section, name, value, message):
+  values = presets.get_config('decoder_only', 'tiny').to_dict()  # as in a run's config.json
+  values[section][name] = value
+  with pytest.raises(ConfigError, match=message) as info:
+    Experiment.from_config(values)
+  assert '\n' not in str(info.value)
+
+
+def test_rules_between_sections_name_both_fields():
+  config = presets.get_config('decoder_only', 'tiny')
+  config.model.parametrization = 'mup'
+  config.opt.name = 'sgd'
+  with pytest.raises(ConfigError, match=r"opt\.name='sgd' .*model\.parametrization='mup'"):
+    Experiment.from_config(config)
+  config = presets.get_config('decoder_only', 'tiny')
+  config.parallel = 'pmap'
+  config.mesh.fsdp = 2
+  with pytest.raises(ConfigError, match=r"mesh\.fsdp=2 is invalid with parallel='pmap'"):
+    Experiment.from_config(config)
+
+
+def test_sections_are_frozen_and_unknown_fields_are_named():
+  experiment = Experiment.from_config(presets.get_config('decoder_only', 'tiny'))
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    experiment.train.num_steps = 5
+  config = presets.get_config('decoder_only', 'tiny')
+  config.opt.unlock()
+  config.opt.lr_peak = 1e-3
+  with pytest.raises(ConfigError, match='opt.lr_peak is not a opt field'):
+    Experiment.from_config(config)
+
+
+def test_the_base_config_is_generated_from_the_schema():
+  """One source of every field: the ConfigDict config files start from holds exactly the
+  dataclasses' fields and defaults (the two used to be declared twice and disagree)."""
+  base = schema.base_config()
+  for name, section in schema.SECTIONS.items():
+    defaults = {f.name: f.default for f in dataclasses.fields(section)}
+    assert dict(base[name].items()) == defaults, name
+    assert all(f.metadata['doc'] for f in dataclasses.fields(section)), name
+  assert Experiment.from_config(base).model == ModelConfig()
+
+
+def test_a_run_config_round_trips():
+  """config.json (Experiment.to_dict) reads back as the same experiment; fields that follow
+  another one are written as None so that overriding that one moves them along."""
+  config = presets.get_config('encoder_decoder', 'tiny')
+  experiment = Experiment.from_config(config)
+  saved = experiment.to_dict()
+  assert saved['model']['num_kv_heads'] is None and saved['model']['num_decoder_layers'] is None
+  assert Experiment.from_config(saved) == experiment
+  again = presets.with_base(saved)
+  again.model.num_heads = 8
+  assert Experiment.from_config(again).model.num_kv_heads == 8
 
 
 def test_unknown_preset_names_the_choices():

@@ -20,8 +20,11 @@ SKIP = "the interop extra is not installed: pip install -e '.[interop]'"
 torch = pytest.importorskip('torch', reason=SKIP)
 transformers = pytest.importorskip('transformers', reason=SKIP)
 
-from transformer import convert, decode, models, trained  # noqa: E402
-from transformer.config import ConfigError, ModelConfig  # noqa: E402
+from transformer.config import Experiment, ModelConfig  # noqa: E402
+from transformer.errors import ConfigError  # noqa: E402
+from transformer.inference import convert  # noqa: E402
+from transformer.model import decode, models  # noqa: E402
+from transformer.training import finetune, runs  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V, PAD, EOS = 96, 95, 1  # vocabulary, Marian's pad (= its decoder start), end of sequence
@@ -45,7 +48,8 @@ def gpt2(**overrides):
   cfg = dict(n_layer=2, n_head=4, n_embd=32, n_positions=64, vocab_size=V,
              activation_function='gelu_new', bos_token_id=EOS, eos_token_id=EOS,
              pad_token_id=EOS, layer_norm_epsilon=1e-5)
-  return _randomise(transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**cfg, **overrides})), 0)
+  config = transformers.GPT2Config(**{**cfg, **overrides})
+  return _randomise(transformers.GPT2LMHeadModel(config), 0)
 
 
 def bert(kind='BertForMaskedLM', **overrides):
@@ -61,7 +65,8 @@ def marian(**overrides):
              vocab_size=V, max_position_embeddings=64, pad_token_id=PAD,
              decoder_start_token_id=PAD, eos_token_id=EOS, forced_eos_token_id=None,
              activation_function='swish', scale_embedding=True)
-  return _randomise(transformers.MarianMTModel(transformers.MarianConfig(**{**cfg, **overrides})), 2)
+  config = transformers.MarianConfig(**{**cfg, **overrides})
+  return _randomise(transformers.MarianMTModel(config), 2)
 
 
 def saved(model, path) -> str:
@@ -281,17 +286,17 @@ def test_converted_gpt2_generates_and_fine_tunes(tmp_path, data_dir):
 
 
 def test_fine_tuning_a_new_head_starts_only_it_fresh(tmp_path):
-  from transformer import presets, train
   hf = bert()  # masked LM, no pooler
   run = tmp_path / 'run'
   convert.convert(saved(hf, tmp_path / 'hf'), str(run))
-  config = presets.with_base(trained.read_config(str(run)))
+  config = runs.read_config(str(run))
   config.train.init_from = str(run)
   config.model.head = 'classify'
-  cfg = ModelConfig.from_config(config)
-  train.check_init_from(config, cfg)
-  fresh = models.init_params(cfg, jax.random.key(0))
-  start = train.initial_params(config, cfg, fresh)
+  experiment = Experiment.from_config(config)
+  finetune.check_init_from(experiment)
+  fresh = models.init_params(experiment.model, jax.random.key(0))
+  start, note = finetune.initial_params(experiment, fresh)
+  assert 'fresh: classifier/bias, classifier/kernel, pooler/bias, pooler/kernel;' in note
   converted = convert.convert_checkpoint(str(tmp_path / 'hf'))[2]
   np.testing.assert_array_equal(start['encoder']['layers_1']['mlp']['wo']['kernel'],
                                 converted['encoder']['layers_1']['mlp']['wo']['kernel'])
@@ -303,7 +308,7 @@ def test_fine_tuning_a_new_head_starts_only_it_fresh(tmp_path):
   config.model.d_ff = 48
   with pytest.raises(ConfigError, match=r"init_from=.*layers_0/mlp/wi/bias is \(64,\), this "
                      r"model's is \(48,\)"):
-    train.check_init_from(config, ModelConfig.from_config(config))
+    finetune.check_init_from(Experiment.from_config(config))
 
 
 # --- bad input -----------------------------------------------------------------------------------

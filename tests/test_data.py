@@ -17,9 +17,11 @@ import optax
 import pytest
 import tensorflow_datasets as tfds
 
-from transformer import models, presets
-from transformer.config import ConfigError, ModelConfig
+from transformer import presets
+from transformer.config import Experiment, ModelConfig
 from transformer.data import datasets, pipeline, synthetic, tokenizers
+from transformer.errors import ConfigError
+from transformer.model import models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BYTES = tokenizers.ByteTokenizer()
@@ -42,8 +44,13 @@ def make_config(family='decoder_only', dataset='shakespeare', data_dir='', head=
   return config
 
 
+def check_data(config):
+  """The validation a run does before it starts: the sections, then what the dataset holds."""
+  pipeline.check_data(Experiment.from_config(config))
+
+
 def take(config, n, which='train', tokenizer=BYTES, **shard):
-  iterator = iter(pipeline.make_dataset(config, which, tokenizer, **shard))
+  iterator = iter(pipeline.make_dataset(Experiment.from_config(config), which, tokenizer, **shard))
   batches = [next(iterator) for _ in range(n)]
   iterator.close()
   return batches
@@ -73,7 +80,8 @@ MOCKED = [  # (dataset, family, head, expected task)
 @pytest.mark.parametrize('dataset,family,head,task', MOCKED)
 def test_tfds_datasets_through_grain_under_mock_data(tmp_path, dataset, family, head, task):
   config = make_config(family, dataset, str(tmp_path), head, pack=False)
-  assert pipeline.check_data_config(config)[2] == task
+  pipeline.check_data(Experiment.from_config(config))
+  assert Experiment.from_config(config).task == task
   with tfds.testing.mock_data(num_examples=16):
     for which in ('train', 'eval'):
       (batch,) = take(config, 1, which)
@@ -152,15 +160,14 @@ def spm_config(data_dir):
 
 
 def test_sentencepiece_is_trained_once_cached_and_read_back(spm_config):
-  tokenizer = pipeline.get_tokenizer(spm_config)
+  tokenizer = pipeline.get_tokenizer(Experiment.from_config(spm_config))
   path = tokenizer.model_path
   assert path.startswith(spm_config.data.data_dir) and tokenizer.vocab_size == 300
   mtime = os.path.getmtime(path)
-  assert pipeline.get_tokenizer(spm_config).model_path == path
+  assert pipeline.get_tokenizer(Experiment.from_config(spm_config)).model_path == path
   assert os.path.getmtime(path) == mtime  # reused, not retrained
-  config = spm_config.copy_and_resolve_references()
-  pipeline.apply_vocab(config, tokenizer)
-  assert config.model.vocab_size == 300
+  experiment = pipeline.with_vocab(Experiment.from_config(spm_config), tokenizer)
+  assert experiment.model.vocab_size == 300
   text = 'Now is the winter of our discontent'
   assert tokenizer.decode(tokenizer.encode(text)) == text
   assert len(tokenizer.encode(text)) < len(text) / 2  # pieces, not characters
@@ -170,7 +177,7 @@ def test_sentencepiece_is_trained_once_cached_and_read_back(spm_config):
 
 
 def test_sentencepiece_specials_cannot_come_from_text_and_layout_survives(spm_config):
-  tokenizer = pipeline.get_tokenizer(spm_config)
+  tokenizer = pipeline.get_tokenizer(Experiment.from_config(spm_config))
   ids = tokenizer.encode('a <mask> b <sep> c').tolist()
   assert tokenizer.mask_id not in ids and tokenizer.sep_id not in ids
   text = 'KING.\nNow  is the winter'
@@ -200,7 +207,7 @@ def test_a_sentencepiece_model_without_our_specials_is_rejected(tmp_path):
 
 
 def test_a_given_sentencepiece_model_must_match_the_config(spm_config):
-  path = pipeline.get_tokenizer(spm_config).model_path
+  path = pipeline.get_tokenizer(Experiment.from_config(spm_config)).model_path
   assert tokenizers.load_sentencepiece(path, 300).vocab_size == 300
   assert tokenizers.load_sentencepiece(path, 0).vocab_size == 300
   with pytest.raises(ConfigError, match=r'data\.vocab_size=512 .*has 300 pieces'):
@@ -252,11 +259,11 @@ def test_synthetic_train_and_eval_never_share_an_example(task, length):
 def test_synthetic_examples_must_fit_the_row():
   with pytest.raises(ConfigError, match=r'data\.seq_len=32 .*longest recall example needs '
                                         r'\d+ tokens.*data\.recall_distance'):
-    pipeline.check_data_config(make_config(dataset='recall', seq_len=32, recall_distance=30))
+    check_data(make_config(dataset='recall', seq_len=32, recall_distance=30))
   with pytest.raises(ConfigError, match=r'longest copy example.*data\.synthetic_len'):
-    pipeline.check_data_config(make_config('encoder_decoder', 'copy', seq_len=16,
+    check_data(make_config('encoder_decoder', 'copy', seq_len=16,
                                            synthetic_len=16))
-  pipeline.check_data_config(make_config('encoder_decoder', 'copy', seq_len=17, synthetic_len=16))
+  check_data(make_config('encoder_decoder', 'copy', seq_len=17, synthetic_len=16))
 
 
 # --- packing, masking -----------------------------------------------------------------------------
@@ -386,13 +393,13 @@ RESUMABLE = [
 @pytest.mark.parametrize('family,dataset,head,extra', RESUMABLE)
 def test_resume_from_saved_state_gives_the_next_batches(data_dir, family, dataset, head, extra):
   config = make_config(family, dataset, data_dir, head, **extra)
-  iterator = iter(pipeline.make_dataset(config, 'train', BYTES))
+  iterator = iter(pipeline.make_dataset(Experiment.from_config(config), 'train', BYTES))
   for _ in range(5):
     next(iterator)
   state = json.loads(json.dumps(iterator.get_state()))  # what a checkpoint stores
   expected = [next(iterator) for _ in range(4)]
   iterator.close()
-  resumed = iter(pipeline.make_dataset(config, 'train', BYTES))
+  resumed = iter(pipeline.make_dataset(Experiment.from_config(config), 'train', BYTES))
   resumed.set_state(state)
   assert_batches_equal([next(resumed) for _ in range(4)], expected)
   resumed.close()
@@ -405,7 +412,7 @@ def test_host_shards_are_disjoint_and_cover_the_data():
 
   def rows(**shard):
     out = []
-    for batch in pipeline.make_dataset(config, 'eval', BYTES, **shard):
+    for batch in pipeline.make_dataset(Experiment.from_config(config), 'eval', BYTES, **shard):
       out += [tuple(r) for r, w in zip(batch['inputs'], batch['weights']) if w.sum() > 0]
     return out
 
@@ -415,7 +422,8 @@ def test_host_shards_are_disjoint_and_cover_the_data():
   assert all(len(s) in (333, 334) for s in shards)
   assert collections.Counter(sum(shards, [])) == collections.Counter(everything)
   with pytest.raises(ConfigError, match='data.batch_size=12 .*divisible by the number of hosts'):
-    pipeline.make_dataset(config, 'eval', BYTES, shard_index=0, shard_count=5)
+    pipeline.make_dataset(Experiment.from_config(config), 'eval', BYTES, shard_index=0,
+                          shard_count=5)
 
 
 # --- validation and the command line --------------------------------------------------------------
@@ -429,14 +437,14 @@ def test_host_shards_are_disjoint_and_cover_the_data():
 ])
 def test_dataset_must_suit_the_family(family, dataset, head, message):
   with pytest.raises(ConfigError, match=re.escape(message)):
-    pipeline.check_data_config(make_config(family, dataset, head=head))
+    check_data(make_config(family, dataset, head=head))
 
 
 def test_classification_needs_room_for_bos_and_eos():
   config = make_config('encoder_only', 'imdb_reviews', head='classify')
   config.data.seq_len = 1
   with pytest.raises(ConfigError, match=re.escape('data.seq_len=1 is invalid: must be >= 2')):
-    pipeline.check_data_config(config)
+    check_data(config)
 
 
 def data_command(*args):
@@ -477,7 +485,7 @@ def test_data_command_rejects_bad_input_with_one_line(tmp_path, args, message):
 
 
 def test_a_sentencepiece_model_of_the_wrong_size_is_rejected(spm_config):
-  path = pipeline.get_tokenizer(spm_config).model_path
+  path = pipeline.get_tokenizer(Experiment.from_config(spm_config)).model_path
   result = data_command(f'--config.data.data_dir={spm_config.data.data_dir}',
                         '--config.data.tokenizer=sentencepiece',
                         f'--config.data.spm_model={path}', '--config.data.vocab_size=8000')

@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer import decode, models, presets
-from transformer.config import ModelConfig
+from transformer import presets
+from transformer.config import Experiment, ModelConfig
+from transformer.model import decode, models
 
 BOS, EOS = 2, 3
 POSITIONS = ('sinusoidal', 'learned', 'rope', 'alibi', 'none')
@@ -188,19 +189,19 @@ def test_a_beam_of_one_is_greedy():
 def test_bleu_scores_the_beam_searched_translations_of_held_out_pairs(data_dir):
   import sacrebleu
 
-  from transformer import evaluate
   from transformer.data import tokenizers
+  from transformer.training import evaluation
   config = presets.get_config('encoder_decoder', 'tiny')
   config.data.update(dataset='reverse', data_dir=data_dir, synthetic_len=6, seq_len=8,
                      batch_size=4)
   tokenizer = tokenizers.ByteTokenizer()
-  pairs = evaluate.held_out_pairs(config, tokenizer, 7)
+  pairs = evaluation.held_out_pairs(Experiment.from_config(config), tokenizer, 7)
   assert len(pairs) == 7
   for source, reference in pairs:  # the task: the reversed source, without eos
     assert source[-1] == tokenizer.eos_id and reference == source[-2::-1]
   model, params = tiny_model('encoder_decoder', vocab_size=config.model.vocab_size)
-  result = evaluate.bleu(model, params, pairs, tokenizer, max_len=8, beam_size=1,
-                         tokenize='char', chunk=3)  # 3 chunks, the last one padded
+  result = evaluation.bleu(model, params, pairs, tokenizer, max_len=8, beam_size=1,
+                           tokenize='char', chunk=3)  # 3 chunks, the last one padded
   greedy = decode.translate(model, params, [s for s, _ in pairs], 8, jax.random.key(0),
                             bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
   assert result['hypotheses'] == [tokenizer.decode(ids) for ids in greedy]

@@ -1,6 +1,8 @@
-"""`python -m transformer.generate` and `trained.load` on a real (briefly trained) run."""
+"""`python -m transformer.generate`, `trained.load` and `evaluate_run` on a real (briefly trained)
+run."""
 
 import functools
+import json
 import os
 import shutil
 import subprocess
@@ -11,7 +13,10 @@ import numpy as np
 import pytest
 
 from tests.test_train import run_config
-from transformer import checkpoint, decode, generate, optim, train, trained
+from transformer.errors import ConfigError
+from transformer.inference import generation, trained
+from transformer.model import decode
+from transformer.training import checkpoint, evaluation, loop, optim, step as steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,7 +26,7 @@ def run_dir(tmp_path_factory, data_dir):
   workdir = str(tmp_path_factory.mktemp('run'))
   config = run_config('decoder_only', 'shakespeare', data_dir, 4, train__checkpoint_every=2,
                       train__eval_batches=1)
-  train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  loop.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
   return workdir
 
 
@@ -31,14 +36,14 @@ def test_load_reads_the_newest_or_a_given_checkpoint(run_dir):
   assert newest.cfg.d_model == 64 and newest.config.train.num_steps == 4
   kernels = [jax.tree.leaves(r.params)[0] for r in (newest, second)]
   assert not (kernels[0] == kernels[1]).all()  # two steps of training apart
-  with pytest.raises(trained.ConfigError, match='--step=3 has no checkpoint'):
+  with pytest.raises(ConfigError, match='--step=3 has no checkpoint'):
     trained.load(run_dir, step=3)
 
 
 def test_load_reads_the_parameters_alone_bitwise(run_dir, tmp_path):
   run = trained.load(run_dir)
   tx, _ = optim.make_optimizer(run.config.opt, run.config.train.num_steps, run.cfg)
-  abstract = jax.eval_shape(functools.partial(train.init_state, run.cfg, tx), jax.random.key(0))
+  abstract = jax.eval_shape(functools.partial(steps.init_state, run.cfg, tx), jax.random.key(0))
   ckpts = checkpoint.Checkpoints(os.path.join(run_dir, 'checkpoints'))
   try:
     full = ckpts.restore_step(4, abstract)[1]  # the whole train state, as resuming reads it
@@ -65,12 +70,24 @@ def test_load_reads_the_parameters_alone_bitwise(run_dir, tmp_path):
 def test_generated_text_is_the_decoded_continuation(run_dir):
   run = trained.load(run_dir)
   tokenizer = run.tokenizer()
-  texts = generate.generate_text(run, ['ab'], num_tokens=6, temperature=0.0)
+  texts = generation.generate_text(run, ['ab'], num_tokens=6, temperature=0.0)
   ids = decode.generate(run.model, run.params, [[tokenizer.bos_id, *tokenizer.encode('ab')]], 6,
                         jax.random.key(0), temperature=0.0, eos_id=tokenizer.eos_id)[0]
   assert texts == [tokenizer.decode(ids)]
-  samples = generate.generate_text(run, ['ab'], num_tokens=6, num_samples=2, seed=3)
-  assert samples == generate.generate_text(run, ['ab'], num_tokens=6, num_samples=2, seed=3)
+  samples = generation.generate_text(run, ['ab'], num_tokens=6, num_samples=2, seed=3)
+  assert samples == generation.generate_text(run, ['ab'], num_tokens=6, num_samples=2, seed=3)
+
+
+def test_a_trained_run_is_evaluated_as_the_loop_evaluated_it(run_dir):
+  """One evaluation path: the final held-out loss of the run (computed by the loop on its
+  sharded state) is what evaluate_run computes from the checkpoint; and at another length."""
+  run = trained.load(run_dir)
+  summary = json.load(open(os.path.join(run_dir, 'summary.json')))
+  again = evaluation.evaluate_run(run, num_batches=run.config.train.eval_batches)
+  assert again['eval_loss'] == pytest.approx(summary['final_eval_loss'], rel=1e-6)
+  assert again['eval_accuracy'] == pytest.approx(summary['eval_accuracy'], rel=1e-6)
+  shorter = evaluation.evaluate_run(run, num_batches=2, seq_len=16)
+  assert shorter['eval_loss'] != again['eval_loss'] and shorter['eval_bits_per_byte'] > 0
 
 
 def test_the_command_prints_samples_and_rejects_bad_flags(run_dir):

@@ -12,9 +12,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Allocates, touches and frees a block of PROBE_MIB MiB on a new thread, twice; prints the page
-# faults of the second round (ru_minflt). malloc and memset through ctypes (NumPy may ask for huge pages),
-# and transparent huge pages off for the process (prctl PR_SET_THP_DISABLE): with them a fresh
-# block takes one fault per 2 MiB, not per page.
+# faults of the second round (ru_minflt). malloc and memset through ctypes (NumPy may ask for huge
+# pages), and transparent huge pages off for the process (prctl PR_SET_THP_DISABLE): with them a
+# fresh block takes one fault per 2 MiB, not per page.
 PROBE = """
 import ctypes, os, resource, threading
 libc = ctypes.CDLL('libc.so.6')

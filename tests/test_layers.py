@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from tests import reference
-from transformer import dropout, layers
 from transformer.config import ModelConfig
+from transformer.model import dropout, layers
 
 
 @pytest.mark.parametrize('activation', ['relu', 'gelu', 'gelu_tanh', 'silu', 'swiglu'])
@@ -51,7 +51,7 @@ def zero_sublayer_outputs(params):
   return visit(params)
 
 
-@pytest.mark.parametrize('block_cls', [layers.EncoderBlock, layers.DecoderBlock])
+@pytest.mark.parametrize('block_cls', [layers.SelfAttentionBlock, layers.CrossAttentionBlock])
 def test_pre_and_post_norm_wiring(rng, block_cls):
   """With sublayers that return 0: pre-LN is the identity x -> x (a clean residual path);
   post-LN is norm(x) after every sublayer (here LayerNorm with unit scale: mean 0, variance 1)."""
@@ -60,8 +60,8 @@ def test_pre_and_post_norm_wiring(rng, block_cls):
   for pre_norm in (True, False):
     cfg = ModelConfig(d_model=16, num_heads=4, d_ff=32, pre_norm=pre_norm, norm_eps=1e-6)
     block = block_cls(cfg, num_layers=1)
-    args = (x, None, jnp.zeros((2, 4), int)) + ((enc, None) if block_cls is layers.DecoderBlock
-                                                 else ()) + (True,)
+    cross = block_cls is layers.CrossAttentionBlock
+    args = (x, None, jnp.zeros((2, 4), int)) + ((enc, None) if cross else ()) + (True,)
     params = nn.unbox(block.init(jax.random.key(0), *args)['params'])
     out = np.asarray(block.apply({'params': zero_sublayer_outputs(params)}, *args))
     if pre_norm:
@@ -75,7 +75,7 @@ def test_pre_and_post_norm_wiring(rng, block_cls):
 
 def test_dropout_only_in_training(rng):
   cfg = ModelConfig(d_model=16, num_heads=4, d_ff=32, dropout=0.5)
-  block = layers.EncoderBlock(cfg, num_layers=1)
+  block = layers.SelfAttentionBlock(cfg, num_layers=1)
   x = rng.normal(size=(2, 4, 16)).astype(np.float32)
   pos = jnp.zeros((2, 4), int)
   params = block.init(jax.random.key(0), x, None, pos, True)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from tests import reference
-from transformer import models
 from transformer.config import ModelConfig
+from transformer.model import models
 
 POSITIONS = ('sinusoidal', 'learned', 'rope', 'alibi', 'none')
 

@@ -10,11 +10,12 @@ import sys
 import time
 
 import jax
-import ml_collections
 import numpy as np
 
-from transformer import checkpoint, losses, train
+from transformer.config import Experiment
 from transformer.data import pipeline
+from transformer.training import checkpoint
+from transformer.training.step import make_parallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -77,7 +78,7 @@ def test_a_two_process_job_survives_a_dead_process_and_matches_one_process(tmp_p
   last = max(saved_steps(workdir))
   steps = last + 2
   results = finish(launch(workdir, data_dir, f'--config.train.num_steps={steps}', *every))
-  for i, (code, out, err) in enumerate(results):
+  for i, (code, _, err) in enumerate(results):
     assert code == 0, f'process {i}: {err[-3000:]}'
   assert f'resuming at step {last} of {steps}' in results[0][1]
   assert 'done:' in results[0][1] and 'done:' not in results[1][1]  # one reporter
@@ -88,10 +89,9 @@ def test_a_two_process_job_survives_a_dead_process_and_matches_one_process(tmp_p
 
   # One process, all 8 devices, the same mesh and the same global batches: each host's rows
   # (host 0's shard, then host 1's) side by side.
-  config = ml_collections.ConfigDict(json.load(open(workdir / 'config.json')))
+  config = Experiment.from_config(json.load(open(workdir / 'config.json')))
   tokenizer = pipeline.get_tokenizer(config)
-  cfg = train.check_train_config(config)
-  par, _ = train.make_parallel(config, cfg, losses.task_of_model(cfg))
+  par, _ = make_parallel(config)
   shards = [iter(pipeline.make_dataset(config, 'train', tokenizer, shard_index=i, shard_count=2))
             for i in range(2)]
   state, reference = par.init(jax.random.key(config.train.seed)), []

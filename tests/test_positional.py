@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer import positional
+from transformer.model import positional
 
 
 def test_sinusoidal_is_the_papers_formula():

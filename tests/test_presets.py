@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from transformer import models, presets, scaling
+from transformer import presets
 from transformer.config import ModelConfig
+from transformer.model import counting, models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAMILIES = ('encoder_only', 'decoder_only', 'encoder_decoder')
@@ -47,7 +48,7 @@ TRANSFORMER = {'transformer-base': 65e6, 'transformer-big': 213e6}
 @pytest.mark.parametrize('size', sorted(GPT2))
 def test_gpt2_parameter_counts(size):
   cfg, _ = cfg_of('decoder_only', size)
-  counts = scaling.param_counts(cfg)
+  counts = counting.param_counts(cfg)
   assert counts['params'] == GPT2[size]
   # Kaplan et al.'s non-embedding count: L (12 d^2 + 13 d) + 2 d (weights, biases, norms).
   L, d = cfg.num_layers, cfg.d_model
@@ -57,7 +58,7 @@ def test_gpt2_parameter_counts(size):
 @pytest.mark.parametrize('size', sorted(BERT_WITH_POOLER))
 def test_bert_parameter_counts(size):
   cfg, _ = cfg_of('encoder_only', size, head='classify')
-  rows = scaling.param_rows(cfg)
+  rows = counting.param_rows(cfg)
   encoder_and_pooler = sum(r['count'] for r in rows if not r['path'].startswith('classifier'))
   assert encoder_and_pooler == BERT_WITH_POOLER[size]
 
@@ -65,7 +66,7 @@ def test_bert_parameter_counts(size):
 @pytest.mark.parametrize('size', sorted(TRANSFORMER))
 def test_transformer_parameter_counts(size):
   cfg, _ = cfg_of('encoder_decoder', size)
-  params = scaling.param_counts(cfg)['params']
+  params = counting.param_counts(cfg)['params']
   assert abs(params - TRANSFORMER[size]) / TRANSFORMER[size] < 0.05
 
 
@@ -73,16 +74,16 @@ def test_flops_per_token_is_palm_formula():
   cfg, _ = cfg_of('decoder_only', 'gpt2-small')
   T = 1024
   N = 85_056_000 + 50257 * 768  # non-embedding + the output projection's matmul
-  assert scaling.flops_per_token(cfg, T) == 6 * N + 12 * 12 * 12 * 64 * T
+  assert counting.flops_per_token(cfg, T) == 6 * N + 12 * 12 * 12 * 64 * T
   enc_dec, _ = cfg_of('encoder_decoder', 'tiny')
-  n = scaling.param_counts(enc_dec)['params_non_embedding'] + 256 * 64
-  assert scaling.flops_per_token(enc_dec, 64) == 6 * n + 12 * (2 + 2 * 2) * 4 * 16 * 64
+  n = counting.param_counts(enc_dec)['params_non_embedding'] + 256 * 64
+  assert counting.flops_per_token(enc_dec, 64) == 6 * n + 12 * (2 + 2 * 2) * 4 * 16 * 64
 
 
 def test_scan_does_not_change_counts():
   plain, _ = cfg_of('decoder_only', 'gpt2-medium')
   scanned, _ = cfg_of('decoder_only', 'gpt2-medium', scan_layers=True)
-  assert scaling.param_counts(scanned) == scaling.param_counts(plain)
+  assert counting.param_counts(scanned) == counting.param_counts(plain)
 
 
 def describe(*args):
@@ -118,6 +119,11 @@ def test_describe_table_folds_layers_and_default_config_works():
     (['--config=configs/decoder_only.py:bert-base'], "'bert-base' is not a decoder_only preset"),
     (['--config=configs/missing.py'], 'configs/missing.py'),
     (['--config.model.num_layers=two'], 'num_layers'),
+    # validated as train validates: the data, train and opt sections and what a dataset holds
+    (['--config.data.dataset=wikitext'], "data.dataset='wikitext' is invalid"),
+    (['--config.opt.schedule=step'], "opt.schedule='step' is invalid"),
+    (['--config=configs/encoder_decoder.py', '--config.data.dataset=shakespeare'],
+     'the encoder-decoder needs pairs'),
 ])
 def test_describe_rejects_bad_input_with_one_line(args, message):
   check_one_line_error(describe(*args), message)

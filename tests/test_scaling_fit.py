@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from transformer import scaling
+from transformer.analysis import scaling
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 

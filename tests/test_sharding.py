@@ -12,8 +12,12 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from transformer import bench, checkpoint, losses, models, optim, presets, sharding, train
-from transformer.config import ConfigError, ModelConfig
+from transformer import presets
+from transformer.analysis import bench
+from transformer.config import Experiment
+from transformer.errors import ConfigError
+from transformer.model import models
+from transformer.training import checkpoint, loop, optim, sharding, step as steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,10 +35,9 @@ def small(family='decoder_only', parallel='jit', mesh=(-1, 1, 1), **model):
 
 
 def parallel_of(config, devices=None):
-  cfg = ModelConfig.from_config(config)
-  task = losses.task_of_model(cfg)
-  par, _ = train.make_parallel(config, cfg, task, devices)
-  return par, cfg, task
+  experiment = Experiment.from_config(config)
+  par, _ = steps.make_parallel(experiment, devices)
+  return par, experiment.model, experiment.task
 
 
 def batches(cfg, task, config, n):
@@ -48,7 +51,7 @@ def batches(cfg, task, config, n):
   return out
 
 
-# --- the mesh and bad input ------------------------------------------------------------------------
+# --- the mesh and bad input -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize('mesh,devices,expected', [
@@ -57,7 +60,7 @@ def batches(cfg, task, config, n):
 ])
 def test_mesh_shape_fills_the_free_axis(mesh, devices, expected):
   config = small(mesh=mesh)
-  assert sharding.mesh_shape(config, ModelConfig.from_config(config), devices) == expected
+  assert sharding.mesh_shape(Experiment.from_config(config), devices) == expected
 
 
 @pytest.mark.parametrize('change,devices,message', [
@@ -82,7 +85,7 @@ def test_bad_meshes_are_named(change, devices, message):
   if batch_size:
     config.data.batch_size = batch_size
   with pytest.raises(ConfigError) as error:
-    sharding.mesh_shape(config, ModelConfig.from_config(config), devices)
+    loop.validate(config, devices)
   assert message in str(error.value) and '\n' not in str(error.value)
 
 
@@ -97,7 +100,7 @@ def test_a_bad_mesh_exits_with_one_line_before_compiling(tmp_path):
   assert not (tmp_path / 'checkpoints').exists()
 
 
-# --- shardings -------------------------------------------------------------------------------------
+# --- shardings ------------------------------------------------------------------------------------
 
 
 def test_parameters_and_moments_are_sharded_by_their_logical_axes():
@@ -153,14 +156,14 @@ def test_the_step_carries_sharding_constraints_and_batch_shardings():
   assert inputs.addressable_shards[0].data.shape == (16 // 4, 16)  # 4 batch shards
 
   # The same step traced outside the mesh context has none: the check can fail.
-  plain = jax.jit(functools.partial(train.train_step, model=models.build_model(cfg),
+  plain = jax.jit(functools.partial(steps.train_step, model=models.build_model(cfg),
                                     tx=optim.make_optimizer(config.opt, 10)[0],
                                     schedule=lambda s: 0.1, task=task))
   assert 'sharding_constraint' not in plain.lower(
       jax.device_get(state), batch, jax.random.key(0)).as_text()
 
 
-# --- one training, every layout ------------------------------------------------------------------
+# --- one training, every layout -------------------------------------------------------------------
 
 
 LAYOUTS = {'pmap': ('pmap', (-1, 1, 1)), 'jit 8x1x1': ('jit', (8, 1, 1)),
@@ -201,7 +204,7 @@ def test_every_layout_trains_like_one_device(family):
                                    err_msg=name), other_params, params)
 
 
-# --- checkpoints across meshes -------------------------------------------------------------------
+# --- checkpoints across meshes --------------------------------------------------------------------
 
 
 def test_a_checkpoint_restores_bitwise_onto_other_meshes(tmp_path):

@@ -12,32 +12,32 @@ import sys
 
 import pytest
 
-from transformer import studies, sweep
-from transformer.config import ConfigError
+from transformer.analysis import studies, sweeps
+from transformer.errors import ConfigError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SWEEPS = sorted((ROOT / 'configs' / 'sweeps').glob('*.py'))
 
 
 def test_product_zip_chain():
-  a, b = sweep.axis('x.a', [1, 2]), sweep.axis('x.b', ['u', 'v', 'w'])
-  assert sweep.product(a, b) == [{'x.a': 1, 'x.b': 'u'}, {'x.a': 1, 'x.b': 'v'},
-                                 {'x.a': 1, 'x.b': 'w'}, {'x.a': 2, 'x.b': 'u'},
-                                 {'x.a': 2, 'x.b': 'v'}, {'x.a': 2, 'x.b': 'w'}]
-  c = sweep.axis('x.c', [0.5, 0.25])
-  assert sweep.zipit(a, c) == [{'x.a': 1, 'x.c': 0.5}, {'x.a': 2, 'x.c': 0.25}]
-  assert sweep.chain(a, c) == [{'x.a': 1}, {'x.a': 2}, {'x.c': 0.5}, {'x.c': 0.25}]
-  assert len(sweep.product(sweep.zipit(a, c), b)) == 6
+  a, b = sweeps.axis('x.a', [1, 2]), sweeps.axis('x.b', ['u', 'v', 'w'])
+  assert sweeps.product(a, b) == [{'x.a': 1, 'x.b': 'u'}, {'x.a': 1, 'x.b': 'v'},
+                                  {'x.a': 1, 'x.b': 'w'}, {'x.a': 2, 'x.b': 'u'},
+                                  {'x.a': 2, 'x.b': 'v'}, {'x.a': 2, 'x.b': 'w'}]
+  c = sweeps.axis('x.c', [0.5, 0.25])
+  assert sweeps.zipit(a, c) == [{'x.a': 1, 'x.c': 0.5}, {'x.a': 2, 'x.c': 0.25}]
+  assert sweeps.chain(a, c) == [{'x.a': 1}, {'x.a': 2}, {'x.c': 0.5}, {'x.c': 0.25}]
+  assert len(sweeps.product(sweeps.zipit(a, c), b)) == 6
   with pytest.raises(ValueError, match='different lengths'):
-    sweep.zipit(a, b)
+    sweeps.zipit(a, b)
 
 
 def test_derived_fields_apply_in_order_after_overrides():
-  s = sweep.Sweep(
-      grid=sweep.axis('model.d_model', [64, 256]),
+  s = sweeps.Sweep(
+      grid=sweeps.axis('model.d_model', [64, 256]),
       derived={'model.d_ff': studies.ffn_4x, 'model.num_heads': studies.heads_of_size(32),
-               'train.num_steps': lambda c: sweep.steps_for_tokens(c, 3e6)})
-  points = sweep.expand(studies.base(), s)
+               'train.num_steps': lambda c: sweeps.steps_for_tokens(c, 3e6)})
+  points = sweeps.expand(studies.base(), s)
   assert [p.config.model.d_ff for p in points] == [256, 1024]
   assert [p.config.model.num_heads for p in points] == [2, 8]
   assert [p.derived['train.num_steps'] for p in points] == [round(3e6 / (16 * 128))] * 2
@@ -49,19 +49,19 @@ def test_derived_fields_apply_in_order_after_overrides():
 
 def test_token_and_flop_budgets():
   config = studies.base()
-  per_token = sweep.counts(config)['flops_per_token']
-  steps = sweep.steps_for_flops(config, 1e12)
+  per_token = sweeps.counts(config)['flops_per_token']
+  steps = sweeps.steps_for_flops(config, 1e12)
   assert abs(steps * 16 * 128 * per_token - 1e12) <= 16 * 128 * per_token / 2
 
 
 def test_point_ids_are_readable_and_deterministic():
-  pid = sweep.point_id({'model.num_heads': 4, 'opt.lr': 0.003})
-  assert pid == sweep.point_id({'model.num_heads': 4, 'opt.lr': 0.003})
+  pid = sweeps.point_id({'model.num_heads': 4, 'opt.lr': 0.003})
+  assert pid == sweeps.point_id({'model.num_heads': 4, 'opt.lr': 0.003})
   assert pid.startswith('num_heads-4_lr-0.003_')
   assert pid == 'num_heads-4_lr-0.003_' + hashlib.sha1(
       json.dumps([['model.num_heads', 4], ['opt.lr', 0.003]]).encode()).hexdigest()[:6]
-  assert pid != sweep.point_id({'model.num_heads': 4, 'opt.lr': 0.001})
-  assert sweep.point_id({'model.position': 'rope'}) != sweep.point_id({'model.position': 'alibi'})
+  assert pid != sweeps.point_id({'model.num_heads': 4, 'opt.lr': 0.001})
+  assert sweeps.point_id({'model.position': 'rope'}) != sweeps.point_id({'model.position': 'alibi'})
 
 
 @pytest.mark.parametrize('grid, derived, message', [
@@ -77,7 +77,7 @@ def test_point_ids_are_readable_and_deterministic():
 ])
 def test_bad_sweeps_name_the_point_and_field(grid, derived, message):
   with pytest.raises(ConfigError, match=message):
-    sweep.expand(studies.base(), sweep.Sweep(grid=grid, derived=derived))
+    sweeps.expand(studies.base(), sweeps.Sweep(grid=grid, derived=derived))
 
 
 @pytest.mark.parametrize('path', SWEEPS, ids=lambda p: p.stem)
@@ -85,14 +85,14 @@ def test_every_sweep_file_expands(path):
   text = path.read_text()
   assert f'--config=configs/sweeps/{path.name}' in text  # the launch command is in the docstring
   for scale in ('cpu', 'gpu'):  # every point's config is valid (counting is left to dry runs)
-    points = sweep.expand(studies.base(scale), sweep.load_sweep(str(path), scale))
+    points = sweeps.expand(studies.base(scale), sweeps.load_sweep(str(path), scale))
     assert len(points) >= 2
   if path.stem == 'model_size':  # >= 6 sizes spanning >= 30x, each with its own token budget
-    points = sweep.expand(studies.base(), sweep.load_sweep(str(path), None))
+    points = sweeps.expand(studies.base(), sweeps.load_sweep(str(path), None))
     sizes = [p.info['params_non_embedding'] for p in points]
     assert len(set(sizes)) >= 6 and max(sizes) / min(sizes) >= 30
   if path.stem == 'isoflop':  # every point spends its budget, within one step
-    points = sweep.expand(studies.base(), sweep.load_sweep(str(path), None))
+    points = sweeps.expand(studies.base(), sweeps.load_sweep(str(path), None))
     for p in points:
       assert abs(p.info['total_flops'] / p.config.sweep.flops_budget - 1) < 0.02
     assert len({p.config.sweep.flops_budget for p in points}) >= 3
@@ -103,7 +103,7 @@ TINY_SWEEP = '''
 
   python -m transformer.sweep --config=tiny.py --workdir=DIR
 """
-from transformer import studies, sweep
+from transformer.analysis import studies, sweeps
 
 
 def get_config(arg=None):
@@ -120,7 +120,7 @@ def get_sweep(arg=None):
   # The second point fails when its run starts (its tokenizer file is missing); the others
   # must not care. Seeds 0 and 1 compile the same step (the cache serves the second).
   missing = {'data.tokenizer': 'sentencepiece', 'data.spm_model': '/nonexistent/spm.model'}
-  return sweep.Sweep(grid=sweep.chain([{'train.seed': 0}], [missing], [{'train.seed': 1}]))
+  return sweeps.Sweep(grid=sweeps.chain([{'train.seed': 0}], [missing], [{'train.seed': 1}]))
 '''
 
 
@@ -148,7 +148,7 @@ def test_sweep_isolates_failures_skips_finished_and_runs_through_submitit(tmp_pa
   with open(workdir / 'results.csv') as f:
     header = next(csv.reader(f))
   assert header == ['id', 'status', 'train.seed', 'data.tokenizer', 'data.spm_model',
-                    *sweep.RESULT_FIELDS]
+                    *sweeps.RESULT_FIELDS]
   for row, seed in ((rows[0], 0), (rows[2], 1)):  # ordinary runs; the table holds their summary
     point_dir = workdir / row['id']
     summary = json.loads((point_dir / 'summary.json').read_text())
@@ -163,9 +163,9 @@ def test_sweep_isolates_failures_skips_finished_and_runs_through_submitit(tmp_pa
   spec = importlib.util.spec_from_file_location('tiny', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  longer = sweep.Sweep(grid=[{'train.seed': 0}], derived={'train.num_steps': lambda c: 5})
-  point = sweep.expand(module.get_config(), longer)[0]
-  assert point.id == rows[0]['id'] and sweep.point_status(point, str(workdir))[0] == 'interrupted'
+  longer = sweeps.Sweep(grid=[{'train.seed': 0}], derived={'train.num_steps': lambda c: 5})
+  point = sweeps.expand(module.get_config(), longer)[0]
+  assert point.id == rows[0]['id'] and sweeps.point_status(point, str(workdir))[0] == 'interrupted'
 
   again = subprocess.run(sweep_command(path, workdir, data_dir, '--launcher=submitit_local'),
                          cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -17,13 +17,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer import bench, checkpoint, losses, models, optim, presets, train
+from transformer import config as schema, presets
+from transformer.analysis import bench
 from transformer.config import ModelConfig
+from transformer.errors import INTERRUPTED_EXIT_CODE
+from transformer.model import counting, models
+from transformer.training import checkpoint, loop, losses, optim, step as steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-# --- schedules, optimizers, losses ---------------------------------------------------------------
+# --- schedules, optimizers, losses ----------------------------------------------------------------
 
 
 def opt_config(**fields):
@@ -32,7 +36,7 @@ def opt_config(**fields):
   return config.opt
 
 
-@pytest.mark.parametrize('name', optim.SCHEDULES)
+@pytest.mark.parametrize('name', schema.SCHEDULES)
 def test_schedules_follow_their_formulas(name):
   lr, warmup, total, ratio = 2e-3, 10, 100, 0.1
   schedule = optim.make_schedule(opt_config(schedule=name, lr=lr, warmup_steps=warmup,
@@ -106,11 +110,11 @@ def tiny(family='decoder_only', **model):
 
 def step_function(config, accum_steps=1):
   cfg = ModelConfig.from_config(config)
-  task = losses.task_of_model(cfg)
+  task = cfg.task
   tx, schedule = optim.make_optimizer(config.opt, config.train.num_steps, cfg)
-  fn = jax.jit(functools.partial(train.train_step, model=models.build_model(cfg), tx=tx,
+  fn = jax.jit(functools.partial(steps.train_step, model=models.build_model(cfg), tx=tx,
                                  schedule=schedule, task=task, accum_steps=accum_steps))
-  state = train.init_state(cfg, tx, jax.random.key(0))
+  state = steps.init_state(cfg, tx, jax.random.key(0))
   batch = bench.random_batch(cfg, task, config.data.batch_size, config.data.seq_len)
   return fn, state, batch
 
@@ -163,7 +167,7 @@ def test_bfloat16_compute_trains_with_float32_state():
   assert np.isfinite(float(metrics['loss'])) and float(metrics['loss']) < first
 
 
-# --- whole runs ------------------------------------------------------------------------------------
+# --- whole runs -----------------------------------------------------------------------------------
 
 
 def run_config(family, dataset, data_dir, steps, **extra):
@@ -189,7 +193,7 @@ def test_every_family_learns(tmp_path, data_dir, family, dataset, extra):
   import tensorflow_datasets as tfds
   config = run_config(family, dataset, data_dir, 40, **extra)
   with tfds.testing.mock_data(num_examples=8):  # only imdb_reviews reads TFDS here
-    summary = train.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+    summary = loop.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
   records = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   curve = [r['loss'] for r in records if 'loss' in r]
   assert curve[-1] < 0.8 * curve[0], curve
@@ -209,7 +213,7 @@ def restored_params(workdir, config_steps=24):
   config = presets.get_config('decoder_only', 'tiny')
   cfg = ModelConfig.from_config(config)
   tx, _ = optim.make_optimizer(config.opt, config_steps, cfg)
-  abstract = jax.eval_shape(functools.partial(train.init_state, cfg, tx), jax.random.key(0))
+  abstract = jax.eval_shape(functools.partial(steps.init_state, cfg, tx), jax.random.key(0))
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'))
   step, state, _, _ = ckpts.restore_latest(abstract)
   ckpts.close()
@@ -268,11 +272,59 @@ def test_sigterm_saves_and_exits_then_resumes(tmp_path, data_dir):
   time.sleep(1.0)
   process.send_signal(signal.SIGTERM)
   out, err = process.communicate(timeout=120)
-  assert process.returncode == train.INTERRUPTED_EXIT_CODE, err[-2000:]
+  assert process.returncode == INTERRUPTED_EXIT_CODE, err[-2000:]
   saved = re.search(r'SIGTERM at step (\d+): checkpoint saved', out)
   assert saved, out
   assert 'Traceback' not in err
   assert os.listdir(tmp_path / 'checkpoints') == [saved.group(1)]
+
+
+def test_sigterm_during_the_last_steps_evaluation_exits_143_and_the_rerun_finishes(
+    tmp_path, data_dir):
+  """The last step's evaluation (600 batches: a second or two), then its save: SIGTERM in
+  between used to save step 10 a second time (10 is not a multiple of checkpoint_every) and die
+  with StepAlreadyExistsError, exit 1. It must exit 143 with the final checkpoint saved (or 0
+  if the run completed first); the rerun then finishes the run."""
+  args = ['--config.train.num_steps=10', '--config.train.checkpoint_every=9',
+          '--config.train.eval_every=10', '--config.train.eval_batches=600',
+          '--config.train.log_every=5']
+  process = subprocess.Popen(train_command(tmp_path, data_dir, *args), cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and 9 not in saved_steps(tmp_path):
+    time.sleep(0.05)
+  time.sleep(0.3)  # past step 9's stop check, into step 10's evaluation
+  process.send_signal(signal.SIGTERM)
+  out, err = process.communicate(timeout=120)
+  assert process.returncode in (INTERRUPTED_EXIT_CODE, 0), err[-2000:]
+  assert 'Traceback' not in err and 'Error' not in err, err[-2000:]
+  assert 10 in saved_steps(tmp_path)
+  if process.returncode == INTERRUPTED_EXIT_CODE:
+    assert 'SIGTERM at step 10: checkpoint saved' in out, out
+    assert not (tmp_path / 'summary.json').exists()
+    rerun = subprocess.run(train_command(tmp_path, data_dir, *args), cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+  summary = json.load(open(tmp_path / 'summary.json'))
+  assert summary['final_train_loss'] is not None and summary['final_eval_loss'] is not None
+
+
+def test_a_run_stopped_before_its_summary_is_finished_by_a_rerun(tmp_path, data_dir):
+  """Killed after its final checkpoint but before summary.json: the rerun used to crash in the
+  report (TypeError) and write a summary with null losses. It must recompute the final
+  evaluation from the last checkpoint and write the complete summary."""
+  config = run_config('decoder_only', 'shakespeare', data_dir, 10, train__sample_tokens=8)
+  first = loop.train_and_evaluate(config, str(tmp_path))
+  os.remove(tmp_path / 'summary.json')
+  os.remove(tmp_path / 'loss.png')
+  again = loop.train_and_evaluate(config, str(tmp_path))
+  assert json.load(open(tmp_path / 'summary.json')) == json.loads(json.dumps(again))
+  for key in ('wall_seconds', 'tokens_per_sec'):  # the rerun's time is added
+    del first[key], again[key]
+  assert again == first  # the same final losses, evaluation and sample
+  assert (tmp_path / 'loss.png').exists()
+  assert loop.train_and_evaluate(config, str(tmp_path))['final_eval_loss'] == (
+      first['final_eval_loss'])  # and now it is finished
 
 
 def test_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path, data_dir):
@@ -328,7 +380,7 @@ def read_tensorboard_scalars(directory):
 
 def test_a_run_leaves_a_workdir_that_explains_itself(tmp_path, data_dir):
   config = run_config('decoder_only', 'shakespeare', data_dir, 10, train__sample_tokens=20)
-  summary = train.train_and_evaluate(config, str(tmp_path))
+  summary = loop.train_and_evaluate(config, str(tmp_path))
   for key in ('final_train_loss', 'final_eval_loss', 'params', 'params_non_embedding',
               'flops_per_token', 'total_flops', 'tokens', 'wall_seconds', 'steps',
               'eval_bits_per_byte'):
@@ -345,7 +397,7 @@ def test_a_run_leaves_a_workdir_that_explains_itself(tmp_path, data_dir):
       tmp_path / 'tensorboard')
   assert open(tmp_path / 'loss.png', 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
   assert len((tmp_path / 'sample.txt').read_text()) > 0
-  again = train.train_and_evaluate(config, str(tmp_path))  # finished: nothing to do
+  again = loop.train_and_evaluate(config, str(tmp_path))  # finished: nothing to do
   assert again == json.load(open(tmp_path / 'summary.json'))
 
 
@@ -420,5 +472,5 @@ def test_bench_reports_the_contract_fields(data_dir):
 
 
 def test_cpu_peak_is_measured_not_assumed():
-  peak = bench.measure_matmul_flops(jax.devices()[0], n=512, repeats=3)
+  peak = counting.measure_matmul_flops(jax.devices()[0], n=512, repeats=3)
   assert 1e8 < peak < 1e13

@@ -14,9 +14,13 @@ import numpy as np
 import pytest
 
 from tests import reference
-from transformer import checkpoint, models, optim, presets, scaling, train, trained, viz
-from transformer.config import ConfigError, ModelConfig, check_config
+from transformer import plots, presets
+from transformer.config import ModelConfig
 from transformer.data.tokenizers import ByteTokenizer
+from transformer.errors import ConfigError
+from transformer.inference import inspect, trained
+from transformer.model import counting, models
+from transformer.training import checkpoint, optim, step as steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,7 +95,7 @@ def test_attention_maps_match_a_float64_recomputation(monkeypatch, family, overr
   params = random_params(dataclasses.replace(cfg, scan_layers=False))
   tokens, target = [1, 5, 9, 2, 30, 7, 7], ([3, 11, 4, 25, 8] if family == 'encoder_decoder'
                                             else None)
-  maps = viz.attention_maps(cfg, models.stack_layers(params) if cfg.scan_layers else params,
+  maps = inspect.attention_maps(cfg, models.stack_layers(params) if cfg.scan_layers else params,
                             tokens, target)
   expected = reference_maps(cfg, params, tokens, target, monkeypatch)
   assert maps.keys() == expected.keys()
@@ -108,29 +112,29 @@ def test_attention_maps_match_a_float64_recomputation(monkeypatch, family, overr
   if family == 'encoder_decoder':
     assert maps['decoder/cross'].shape[-2:] == (len(target), len(tokens))
   with pytest.raises(ValueError, match='target'):
-    viz.attention_maps(cfg, params, tokens, None if target else tokens)
+    inspect.attention_maps(cfg, params, tokens, None if target else tokens)
 
 
 def test_token_labels_and_inputs_as_training_builds_them():
   tokenizer = ByteTokenizer()
-  assert viz.token_labels(tokenizer, [2, *tokenizer.encode('a b\né'), 3]) == [
+  assert inspect.token_labels(tokenizer, [2, *tokenizer.encode('a b\né'), 3]) == [
       '<bos>', 'a', '␣', 'b', '\\n', '0xc3', '0xa9', '<eos>']
   config = presets.get_config('decoder_only', 'tiny')
-  tokens, target = viz.attention_inputs(config, tokenizer, 'To')
+  tokens, target = inspect.attention_inputs(config, tokenizer, 'To')
   assert tokens.tolist() == [2, 84, 111] and target is None
   config = presets.get_config('encoder_only', 'tiny')  # masked LM: <bos> text <eos>
-  assert viz.attention_inputs(config, tokenizer, 'To')[0].tolist() == [2, 84, 111, 3]
+  assert inspect.attention_inputs(config, tokenizer, 'To')[0].tolist() == [2, 84, 111, 3]
   config = presets.get_config('encoder_decoder', 'tiny')
-  tokens, target = viz.attention_inputs(config, tokenizer, 'ab', 'xyz')
+  tokens, target = inspect.attention_inputs(config, tokenizer, 'ab', 'xyz')
   assert tokens.tolist() == [97, 98, 3] and target.tolist() == [2, 120, 121, 122]
 
 
 def test_plot_attention_grids_of_short_and_long_sequences(tmp_path):
   weights_LxNxTxS = np.random.default_rng(0).dirichlet(np.ones(5), size=(2, 1, 4))
-  viz.plot_attention(weights_LxNxTxS, tmp_path / 'short.png', query_labels=list('abcd'),
+  plots.plot_attention(weights_LxNxTxS, tmp_path / 'short.png', query_labels=list('abcd'),
                      key_labels=list('vwxyz'), title='short')
   long_LxNxTxS = np.full((1, 1, 60, 60), 1 / 60)  # too long for labels: indices instead
-  viz.plot_attention(long_LxNxTxS, tmp_path / 'long.png', query_labels=['t'] * 60,
+  plots.plot_attention(long_LxNxTxS, tmp_path / 'long.png', query_labels=['t'] * 60,
                      key_labels=['t'] * 60)
   short, long = image(tmp_path / 'short.png'), image(tmp_path / 'long.png')
   assert short.shape[0] > long.shape[0]  # rows are layers: two against one
@@ -143,7 +147,7 @@ def test_sinusoidal_similarity_is_its_closed_form():
   """Every PE vector has norm sqrt(d/2), and PE(i).PE(j) = sum_k cos((i - j) w_k): the cosine
   similarity is the mean of cos((i - j) w_k) over the d/2 frequencies w_k = 10000^(-2k/d)."""
   P, D = 40, 16
-  similarity_PxP = viz.cosine_similarity(viz.sinusoidal_table(P, D))
+  similarity_PxP = plots.cosine_similarity(inspect.sinusoidal_table(P, D))
   offset_PxP = np.arange(P)[:, None] - np.arange(P)[None, :]
   w_K = 10000.0 ** (-2 * np.arange(D // 2) / D)
   expected = np.cos(offset_PxP[..., None] * w_K).mean(-1)
@@ -168,12 +172,12 @@ def test_activation_derivatives_match_their_closed_forms(tmp_path):
       'silu': (x * sigma, sigma * (1 + x * (1 - sigma))),
       'swiglu': (x * sigma, sigma * (1 + x * (1 - sigma))),  # its gate is SiLU
   }
-  curves = viz.activation_curves(x)
+  curves = inspect.activation_curves(x)
   assert curves.keys() == expected.keys()
   for name, (f, grad) in curves.items():
     np.testing.assert_allclose(f, expected[name][0], atol=1e-5, err_msg=name)
     np.testing.assert_allclose(grad, expected[name][1], atol=1e-5, err_msg=name)
-  viz.plot_activations(tmp_path / 'activations.png')
+  plots.plot_activations(x, curves, tmp_path / 'activations.png')
   image(tmp_path / 'activations.png')
 
 
@@ -207,7 +211,7 @@ def test_loss_curves_pick_up_every_run_of_a_sweep(tmp_path):
   write_run(sweep / 'L8', [5.0, 3.6], config=config)
   os.makedirs(sweep / '.submitit')  # no metrics: not a run
   (sweep / 'results.csv').write_text('id\n')
-  curves = viz.loss_curves([str(sweep)])
+  curves = inspect.loss_curves([str(sweep)])
   assert [c.name for c in curves] == ['L2', 'L4', 'L8']
   l2, l4, l8 = curves
   np.testing.assert_array_equal(l2.step, [5, 10, 15])
@@ -216,19 +220,19 @@ def test_loss_curves_pick_up_every_run_of_a_sweep(tmp_path):
   np.testing.assert_allclose(l4.eval_loss, [3.3])
   np.testing.assert_array_equal(l2.x(l2.step, 'tokens'), [320, 640, 960])
   np.testing.assert_array_equal(l2.x(l2.step, 'compute'), [320_000, 640_000, 960_000])
-  counted = scaling.summarize(check_config(config), 16)['flops_per_token']
+  counted = counting.summarize(ModelConfig.from_config(config), 16)['flops_per_token']
   np.testing.assert_allclose(l4.x(l4.step, 'compute'), l4.step * 64 * counted)
-  paths = viz.loss_command([str(sweep)], against='compute', log=True)
+  paths = inspect.draw_loss_curves([str(sweep)], against='compute', log=True)
   assert paths == [str(sweep / 'viz' / 'loss.png')]
   image(paths[0])
 
   write_run(tmp_path / 'lone', [4.0, 3.0])  # no config.json: steps only
-  both = viz.loss_curves([str(sweep), str(tmp_path / 'lone')])
+  both = inspect.loss_curves([str(sweep), str(tmp_path / 'lone')])
   assert [c.name for c in both] == ['sweep/L2', 'sweep/L4', 'sweep/L8', 'lone']
   with pytest.raises(ConfigError, match='--against=tokens'):
     both[-1].x(both[-1].step, 'tokens')
   with pytest.raises(ConfigError, match='metrics.jsonl'):
-    viz.loss_curves([str(sweep / '.submitit')])
+    inspect.loss_curves([str(sweep / '.submitit')])
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -243,10 +247,10 @@ def run_dir(tmp_path_factory):
   config = presets.get_config('decoder_only', 'tiny')
   config.model.update(num_layers=1, d_model=16, num_heads=2, d_ff=32, max_len=24)
   config.data.update(seq_len=16, batch_size=4)
-  cfg = check_config(config)
+  cfg = ModelConfig.from_config(config)
   tx, _ = optim.make_optimizer(config.opt, config.train.num_steps, cfg)
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'))
-  state = random_tree(jax.eval_shape(lambda key: train.init_state(cfg, tx, key),
+  state = random_tree(jax.eval_shape(lambda key: steps.init_state(cfg, tx, key),
                                      jax.random.key(0)))
   ckpts.save(3, state, {'hosts': []}, {})
   ckpts.close()
@@ -255,34 +259,34 @@ def run_dir(tmp_path_factory):
 
 
 def test_positions_of_a_run(run_dir):
-  paths = viz.positions_command(workdir=run_dir)
+  paths = inspect.draw_positions(workdir=run_dir)
   assert paths == [os.path.join(run_dir, 'viz', f'positions_{name}.png')
                    for name in ('sinusoidal', 'similarity')]
   for path in paths:
     image(path)
-  tables = viz.learned_position_tables(trained.load(run_dir).params)
+  tables = inspect.learned_position_tables(trained.load(run_dir).params)
   assert list(tables) == ['embedder'] and tables['embedder'].shape == (24, 16)
   table_PxD = tables['embedder'].astype(np.float64)  # unequal norms, unlike sinusoids
   norms_P = np.sqrt((table_PxD ** 2).sum(-1))
   expected = np.array([[a @ b / (na * nb) for b, nb in zip(table_PxD, norms_P)]
                        for a, na in zip(table_PxD, norms_P)])
-  np.testing.assert_allclose(viz.cosine_similarity(table_PxD), expected, atol=1e-12)
+  np.testing.assert_allclose(plots.cosine_similarity(table_PxD), expected, atol=1e-12)
 
 
 def test_bad_input_is_a_config_error_naming_the_flag(run_dir, tmp_path):
   seq2seq = tmp_path / 'seq2seq'  # a config is all the checks before loading need
   write_run(seq2seq, [3.0], config=presets.get_config('encoder_decoder', 'tiny'))
   for call, flag in [
-      (lambda: viz.attention_command(None, 'x'), '--workdir'),
-      (lambda: viz.attention_command(str(tmp_path / 'none'), 'x'), '--workdir'),
-      (lambda: viz.attention_command(run_dir, ''), '--text'),
-      (lambda: viz.attention_command(run_dir, 'x' * 30), '--text'),
-      (lambda: viz.attention_command(run_dir, 'x', target='y'), '--target'),
-      (lambda: viz.attention_command(str(seq2seq), 'x'), '--target'),
-      (lambda: viz.attention_command(run_dir, 'x', step=7), '--step=7'),
-      (lambda: viz.positions_command(d_model=7), '--d_model=7'),
-      (lambda: viz.loss_command([]), 'DIR'),
-      (lambda: viz.loss_command([str(tmp_path / 'none')]), 'metrics.jsonl'),
+      (lambda: inspect.draw_attention(None, 'x'), '--workdir'),
+      (lambda: inspect.draw_attention(str(tmp_path / 'none'), 'x'), '--workdir'),
+      (lambda: inspect.draw_attention(run_dir, ''), '--text'),
+      (lambda: inspect.draw_attention(run_dir, 'x' * 30), '--text'),
+      (lambda: inspect.draw_attention(run_dir, 'x', target='y'), '--target'),
+      (lambda: inspect.draw_attention(str(seq2seq), 'x'), '--target'),
+      (lambda: inspect.draw_attention(run_dir, 'x', step=7), '--step=7'),
+      (lambda: inspect.draw_positions(d_model=7), '--d_model=7'),
+      (lambda: inspect.draw_loss_curves([]), 'DIR'),
+      (lambda: inspect.draw_loss_curves([str(tmp_path / 'none')]), 'metrics.jsonl'),
   ]:
     with pytest.raises(ConfigError, match=flag):
       call()

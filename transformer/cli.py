@@ -13,22 +13,15 @@ import re
 import sys
 from typing import Callable
 
-from transformer.config import ConfigError
+from transformer.errors import INVALID_EXIT_CODE, ConfigError, last_line
 
 DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parent.parent / 'configs' / 'default.py')
 
 
-def fail(message: str, code: int = 2):
+def fail(message: str, code: int = INVALID_EXIT_CODE):
   """Print one line on stderr and exit."""
   print(f'error: {" ".join(message.split())}', file=sys.stderr)
   sys.exit(code)
-
-
-def last_line(error: BaseException) -> str:
-  """The useful line of an error whose text may hold a whole traceback."""
-  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-  line = lines[-1] if lines else type(error).__name__
-  return re.sub(r'^[\w.]*(Error|Exception): ', '', line)
 
 
 def _override_error(error: BaseException, argv: list[str]) -> str:
@@ -115,17 +108,16 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(str(e))
 
 
-def define_workdir_flag():
-  """--workdir, for commands that read a trained run. train defines it when imported: the
-  commands share that definition."""
-  from transformer import train  # noqa: F401
+def define_workdir_flag(help_text: str = 'the directory of a trained run'):
+  """--workdir: the run a command trains or reads (a sweep: its directory)."""
+  from absl import flags
+  flags.DEFINE_string('workdir', None, help_text)
 
 
 def begin_workdir_command(argv: list[str]):
   """The start of a command that reads a trained run: no positional arguments, --workdir given,
   libraries' INFO logs off, the compilation cache on. Returns the parsed flags."""
-  from absl import flags
-  from absl import logging as absl_logging
+  from absl import flags, logging as absl_logging
   if len(argv) > 1:
     fail(f'unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS.workdir:

@@ -1,57 +1,29 @@
 """Describe a model from its config: parameters by layer, totals and FLOPs, nothing allocated.
 
   python -m transformer.describe --config=configs/decoder_only.py:gpt2-xl [--json]
+  python -m transformer.describe --fields      # every config field and what it means
 
-Shapes come from `jax.eval_shape`, so the largest presets are described in seconds.
+The config is validated as `train` validates it (an invalid one exits 2 with one line), except
+for the mesh against this machine's devices (a pod's config can be described on a laptop);
+shapes come from `jax.eval_shape`, so the largest presets are described in seconds.
 """
 
 import json
-import re
-import sys
 
 from absl import flags
 
-from transformer import cli, scaling
-from transformer.config import check_config
-
-_LAYER = re.compile(r'/layers(_\d+)?/')
-
-
-def describe(config) -> dict:
-  """Counts and FLOPs of an experiment config, as the JSON fields of `describe --json`."""
-  cfg = check_config(config)
-  seq_len = config.data.seq_len
-  summary = scaling.summarize(cfg, seq_len)
-  tokens = config.train.num_steps * config.data.batch_size * seq_len
-  return dict(
-      summary, family=cfg.family, head=cfg.head, num_layers=cfg.num_layers,
-      num_decoder_layers=cfg.num_decoder_layers if cfg.family == 'encoder_decoder' else 0,
-      d_model=cfg.d_model, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
-      d_ff=cfg.d_ff, vocab_size=cfg.vocab_size, position=cfg.position, seq_len=seq_len,
-      tokens=tokens, total_flops=summary['flops_per_token'] * tokens)
+from transformer import cli, config as schema
+from transformer.model import counting
+from transformer.training import loop
 
 
-def layer_table(config) -> list[tuple[str, str, int, int]]:
-  """(path, per-layer shape, layers, total count), repeated layers folded into one line."""
-  cfg = check_config(config)
-  rows: dict[str, list] = {}
-  for r in scaling.param_rows(cfg):
-    path, shape, repeats = r['path'], r['shape'], 1
-    match = _LAYER.search('/' + path + '/')
-    if match:
-      path = _LAYER.sub('/layers[*]/', '/' + path + '/').strip('/')
-      if match.group(1) is None:  # scanned: the leading axis is the layer index
-        shape, repeats = shape[1:], shape[0]
-    entry = rows.setdefault(path, [path, ' x '.join(map(str, shape)) or 'scalar', 0, 0])
-    entry[2] += repeats
-    entry[3] += r['count']
-  order = ('embedder', 'source_embedder', 'target_embedder', 'encoder', 'decoder')
-  rank = lambda path: order.index(path.split('/')[0]) if path.split('/')[0] in order else len(order)
-  return sorted((tuple(e) for e in rows.values()), key=lambda e: rank(e[0]))
+def define_flags():
+  flags.DEFINE_bool('json', False, 'print one JSON object instead of the table')
+  flags.DEFINE_bool('fields', False, 'list every config field with its meaning, and exit')
 
 
-def print_table(config, info: dict):
-  table = layer_table(config)
+def print_table(experiment, info: dict):
+  table = counting.layer_table(experiment.model)
   width = max(len(p) for p, *_ in table) + 2
   print(f"{info['family']} / {info['head']} head: {info['num_layers']} layers, d_model "
         f"{info['d_model']}, {info['num_heads']} heads ({info['num_kv_heads']} kv), d_ff "
@@ -60,7 +32,7 @@ def print_table(config, info: dict):
   for path, shape, repeats, count in table:
     print(f'{path:<{width}}{shape:>22}{repeats:>8}{count:>16,}')
   print()
-  fmt = scaling.format_count
+  fmt = counting.format_count
   for key, note in (
       ('params', ''), ('params_non_embedding', ' (Kaplan et al.: no vocab/position tables)'),
       ('flops_per_token', f" (training, 6N + 12LHQT at seq_len {info['seq_len']})"),
@@ -70,18 +42,21 @@ def print_table(config, info: dict):
 
 
 def main(config, argv):
+  f = flags.FLAGS
   if len(argv) > 1:
     cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  info = describe(config)
-  if flags.FLAGS.json:
-    json.dump(info, sys.stdout)
-    print()
+  if f.fields:
+    for name, doc in schema.field_docs().items():
+      print(f'{name:<28}{doc}')
+    return
+  experiment = loop.validate(config)
+  info = counting.experiment_counts(experiment)
+  if f.json:
+    print(json.dumps(info))
   else:
-    print_table(config, info)
+    print_table(experiment, info)
 
 
 if __name__ == '__main__':
-  # Defined only when describe runs: `describe()` is also a library function (sweeps call it),
-  # and bench defines a --json flag of its own.
-  flags.DEFINE_bool('json', False, 'print one JSON object instead of the table')
+  define_flags()
   cli.run(main)

@@ -7,41 +7,17 @@
 A decoder-only run continues each --prompt (repeat the flag for several; --num_samples draws
 that many continuations of each). An encoder-decoder run decodes a target for each --prompt
 (the source): by beam search with --beam_size > 0, else greedily or sampled as above. The
-tokens are decoded with a KV cache (transformer/decode.py).
+tokens are decoded with a KV cache (transformer/model/decode.py).
 """
 
 import sys
 
-import jax
+from absl import app, flags
 
-from transformer import cli, decode
-from transformer.config import ConfigError, check_config
-
-
-def generate_text(run, prompts: list[str], *, num_tokens: int, temperature: float = 0.8,
-                  top_k: int = 0, top_p: float = 1.0, num_samples: int = 1, seed: int = 0,
-                  beam_size: int = 0, alpha: float = 0.6) -> list[str]:
-  """The texts a `trained.Trained` run produces for `prompts` (num_samples per prompt, in
-  prompt order): continuations (decoder-only) or targets (encoder-decoder)."""
-  tokenizer = run.tokenizer()
-  rng = jax.random.key(seed)
-  if run.cfg.family == 'decoder_only':
-    ids = [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts for _ in range(num_samples)]
-    out = decode.generate(run.model, run.params, ids, num_tokens, rng, temperature=temperature,
-                          top_k=top_k, top_p=top_p, eos_id=tokenizer.eos_id,
-                          max_context=run.config.data.seq_len)
-  else:
-    sources = [[*tokenizer.encode(p), tokenizer.eos_id] for p in prompts
-               for _ in range(num_samples)]
-    if beam_size:
-      out, _ = decode.beam_search(run.model, run.params, sources, beam_size=beam_size,
-                                  max_len=num_tokens, alpha=alpha, bos_id=tokenizer.bos_id,
-                                  eos_id=tokenizer.eos_id)
-    else:
-      out = decode.translate(run.model, run.params, sources, num_tokens, rng,
-                             bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
-                             temperature=temperature, top_k=top_k, top_p=top_p)
-  return [tokenizer.decode(ids) for ids in out]
+from transformer import cli
+from transformer.errors import ConfigError
+from transformer.inference import generation, trained
+from transformer.training import runs
 
 
 def check_flags(f, cfg) -> None:
@@ -62,13 +38,11 @@ def check_flags(f, cfg) -> None:
   if f.beam_size and cfg.family != 'encoder_decoder':
     raise ConfigError(f'--beam_size={f.beam_size}: beam search is for encoder_decoder runs; '
                       f'this one is {cfg.family} (sample with --temperature/--top_k/--top_p)')
-  if cfg.position == 'learned' and cfg.family == 'encoder_decoder' and f.num_tokens > cfg.max_len:
-    raise ConfigError(f'--num_tokens={f.num_tokens} is longer than the learned position table '
-                      f'(model.max_len={cfg.max_len})')
+  if cfg.family == 'encoder_decoder':
+    cfg.check_length(f.num_tokens, f'--num_tokens={f.num_tokens}')
 
 
 def define_flags():
-  from absl import flags
   cli.define_workdir_flag()
   flags.DEFINE_multi_string('prompt', [''], 'the text to continue (decoder_only) or the source '
                             '(encoder_decoder); repeat for several')
@@ -84,17 +58,17 @@ def define_flags():
 
 
 def main(argv):
-  from transformer import trained
   f = cli.begin_workdir_command(argv)
   try:
-    check_flags(f, check_config(trained.read_config(f.workdir)))
+    check_flags(f, runs.read_experiment(f.workdir).model)
     run = trained.load(f.workdir, f.step)
   except ConfigError as e:
     cli.fail(str(e))
   try:  # decode checks lengths (a prompt longer than the model's context) before compiling
-    texts = generate_text(run, f.prompt, num_tokens=f.num_tokens, temperature=f.temperature,
-                          top_k=f.top_k, top_p=f.top_p, num_samples=f.num_samples, seed=f.seed,
-                          beam_size=f.beam_size, alpha=f.alpha)
+    texts = generation.generate_text(
+        run, f.prompt, num_tokens=f.num_tokens, temperature=f.temperature, top_k=f.top_k,
+        top_p=f.top_p, num_samples=f.num_samples, seed=f.seed, beam_size=f.beam_size,
+        alpha=f.alpha)
   except ValueError as e:
     cli.fail(f'--prompt: {e}')
   for i, text in enumerate(texts):
@@ -109,6 +83,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from absl import app
   define_flags()
   app.run(main, flags_parser=cli.parse_flags)

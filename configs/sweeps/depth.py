@@ -8,7 +8,7 @@ Every point trains on the same tokens; the non-embedding parameters grow linearl
 2 CPU cores (`:gpu`: d_model 256, 1 to 24 blocks).
 """
 
-from transformer import studies, sweep
+from transformer.analysis import studies, sweeps
 
 
 def get_config(arg=None):
@@ -18,4 +18,4 @@ def get_config(arg=None):
 def get_sweep(arg=None):
   scale = studies.check_scale(arg)
   depths = [1, 2, 3, 4, 6, 8, 12] + ([16, 24] if scale == 'gpu' else [])
-  return sweep.Sweep(grid=sweep.axis('model.num_layers', depths))
+  return sweeps.Sweep(grid=sweeps.axis('model.num_layers', depths))

@@ -8,7 +8,7 @@ parameter count does not change with the head count (the Q/K/V/O projections sta
 18 points, about 15 minutes on 2 CPU cores (`:gpu`: d_model 256, 1 to 64 heads).
 """
 
-from transformer import studies, sweep
+from transformer.analysis import studies, sweeps
 
 
 def get_config(arg=None):
@@ -18,5 +18,5 @@ def get_config(arg=None):
 def get_sweep(arg=None):
   scale = studies.check_scale(arg)
   heads = [1, 2, 4, 8, 16, 32] if scale == 'cpu' else [1, 2, 4, 8, 16, 32, 64]
-  return sweep.Sweep(grid=sweep.product(sweep.axis('model.num_heads', heads),
-                                        sweep.axis('model.num_layers', [2, 4, 6])))
+  return sweeps.Sweep(grid=sweeps.product(sweeps.axis('model.num_heads', heads),
+                                          sweeps.axis('model.num_layers', [2, 4, 6])))

@@ -8,13 +8,13 @@ The loss over log N at a fixed budget is roughly a parabola; its minimum is the 
 size N_opt(C), and D_opt(C) = C / FLOPs per token. Hoffmann et al. find N_opt and D_opt both
 ~ C^0.5 (~20 tokens per parameter). Budgets 0.4, 0.8 and 1.6 TFLOP x 6 sizes (6.7k to 340k
 non-embedding parameters) and 3.2 TFLOP x the 4 smallest: 22 points, about 40 minutes on
-2 CPU cores. At these budgets the
-attention and output layers cost more FLOPs per token than the blocks' parameters (12LdT and
-6Vd against 6N), so the optimum sits at very small N (experiments/scaling/README.md). `:gpu`: budgets 1e16 to
-1e18 FLOPs with sizes from 1M to 100M parameters.
+2 CPU cores. At these budgets the attention and output layers cost more FLOPs per token than
+the blocks' parameters (12LdT and 6Vd against 6N), so the optimum sits at very small N
+(experiments/scaling/README.md). `:gpu`: budgets 1e16 to 1e18 FLOPs with sizes from 1M to 100M
+parameters.
 """
 
-from transformer import studies, sweep
+from transformer.analysis import studies, sweeps
 
 # Each budget's sizes, as (num_layers, d_model), chosen to bracket its compute-optimal size.
 CPU_SIZES = [(2, 16), (2, 32), (2, 48), (2, 64), (3, 64), (3, 96)]
@@ -34,15 +34,15 @@ def get_sweep(arg=None):
 
   def budget_grid(budget, sizes):
     layers, widths = zip(*sizes)
-    return sweep.product(sweep.axis('sweep.flops_budget', [budget]),
-                         sweep.zipit(sweep.axis('model.num_layers', layers),
-                                     sweep.axis('model.d_model', widths)))
+    return sweeps.product(sweeps.axis('sweep.flops_budget', [budget]),
+                          sweeps.zipit(sweeps.axis('model.num_layers', layers),
+                                       sweeps.axis('model.d_model', widths)))
 
-  return sweep.Sweep(
-      grid=sweep.chain(*(budget_grid(b, sizes) for b, sizes in BUDGETS[scale].items())),
+  return sweeps.Sweep(
+      grid=sweeps.chain(*(budget_grid(b, sizes) for b, sizes in BUDGETS[scale].items())),
       derived={'model.d_ff': studies.ffn_4x,
                'model.num_heads': studies.heads_of_size(16 if scale == 'cpu' else 64),
-               'train.num_steps': lambda c: sweep.steps_for_flops(c, c.sweep.flops_budget),
+               'train.num_steps': lambda c: sweeps.steps_for_flops(c, c.sweep.flops_budget),
                'opt.warmup_steps': studies.warmup_fraction(0.05),
                'train.eval_every': studies.eval_at_end,
                'train.checkpoint_every': studies.eval_at_end})

@@ -11,7 +11,7 @@ Hoffmann et al. (2022) train 20 tokens per parameter. `:gpu` runs sizes from 0.8
 non-embedding parameters at 20 tokens per parameter.
 """
 
-from transformer import studies, sweep
+from transformer.analysis import studies, sweeps
 
 # (num_layers, d_model) of each size; the parameters are 12 L d^2 plus biases and norms.
 SIZES = {
@@ -31,13 +31,13 @@ def get_sweep(arg=None):
   layers, widths = zip(*SIZES[scale])
 
   def token_budget(config) -> int:
-    non_embedding = sweep.counts(config)['params_non_embedding']
+    non_embedding = sweeps.counts(config)['params_non_embedding']
     tokens = max(TOKENS_PER_PARAM[scale] * non_embedding, MIN_TOKENS[scale])
-    return sweep.steps_for_tokens(config, tokens)
+    return sweeps.steps_for_tokens(config, tokens)
 
-  return sweep.Sweep(
-      grid=sweep.zipit(sweep.axis('model.num_layers', layers),
-                       sweep.axis('model.d_model', widths)),
+  return sweeps.Sweep(
+      grid=sweeps.zipit(sweeps.axis('model.num_layers', layers),
+                        sweeps.axis('model.d_model', widths)),
       derived={'model.d_ff': studies.ffn_4x,
                'model.num_heads': studies.heads_of_size(16 if scale == 'cpu' else 64),
                'train.num_steps': token_budget,

@@ -1,7 +1,9 @@
 """Learning-rate transfer: SP against muP, learning rate x width, the same tokens for every point.
 
-  python -m transformer.sweep --config=configs/sweeps/mup_lr_transfer.py --workdir=runs/sweeps/mup_lr_transfer
-  python -m transformer.sweep --config=configs/sweeps/mup_lr_transfer.py:gpu --workdir=runs/sweeps/mup_lr_transfer_gpu
+  python -m transformer.sweep --config=configs/sweeps/mup_lr_transfer.py \
+      --workdir=runs/sweeps/mup_lr_transfer
+  python -m transformer.sweep --config=configs/sweeps/mup_lr_transfer.py:gpu \
+      --workdir=runs/sweeps/mup_lr_transfer_gpu
 
 Byte-level GPT-style models on the embedded Shakespeare corpus, 2 layers of widths 32 to 256
 (`:gpu`: 4 layers, 128 to 1024), always 4 heads (the head size grows with width, as muP's base
@@ -17,7 +19,8 @@ tuned at the base width can be used at any width. 48 points of 300 steps (300k t
 about 35 minutes on 2 CPU cores, two thirds of it in the width-256 points (~0.3 s a step).
 """
 
-from transformer import presets, sweep
+from transformer import presets
+from transformer.analysis import sweeps
 
 LEARNING_RATES = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]  # peak AdamW rates, half a decade apart
 
@@ -51,9 +54,9 @@ def get_config(arg=None):
   return config
 
 
-def get_sweep(arg=None) -> sweep.Sweep:
-  return sweep.Sweep(
-      grid=sweep.product(sweep.axis('model.parametrization', ['sp', 'mup']),
-                         sweep.axis('model.d_model', _widths(arg)),
-                         sweep.axis('opt.lr', LEARNING_RATES)),
+def get_sweep(arg=None) -> sweeps.Sweep:
+  return sweeps.Sweep(
+      grid=sweeps.product(sweeps.axis('model.parametrization', ['sp', 'mup']),
+                          sweeps.axis('model.d_model', _widths(arg)),
+                          sweeps.axis('opt.lr', LEARNING_RATES)),
       derived={'model.d_ff': lambda c: 4 * c.model.d_model})

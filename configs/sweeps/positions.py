@@ -8,7 +8,7 @@ The two seeds show the noise to read differences against. 10 points, about 8 min
 cores (`:gpu`: the gpu base).
 """
 
-from transformer import studies, sweep
+from transformer.analysis import studies, sweeps
 
 
 def get_config(arg=None):
@@ -17,6 +17,6 @@ def get_config(arg=None):
 
 def get_sweep(arg=None):
   studies.check_scale(arg)
-  return sweep.Sweep(grid=sweep.product(
-      sweep.axis('model.position', ['sinusoidal', 'learned', 'rope', 'alibi', 'none']),
-      sweep.axis('train.seed', [0, 1])))
+  return sweeps.Sweep(grid=sweeps.product(
+      sweeps.axis('model.position', ['sinusoidal', 'learned', 'rope', 'alibi', 'none']),
+      sweeps.axis('train.seed', [0, 1])))

@@ -7,7 +7,7 @@ Widths 32 to 256 at depths 2, 4 and 6, all on the same tokens: 15 points from 25
 non-embedding parameters; about 25 minutes on 2 CPU cores (`:gpu`: widths 128 to 1024).
 """
 
-from transformer import studies, sweep
+from transformer.analysis import studies, sweeps
 
 
 def get_config(arg=None):
@@ -17,8 +17,8 @@ def get_config(arg=None):
 def get_sweep(arg=None):
   scale = studies.check_scale(arg)
   widths = [32, 64, 128, 192, 256] if scale == 'cpu' else [128, 256, 512, 768, 1024]
-  return sweep.Sweep(
-      grid=sweep.product(sweep.axis('model.d_model', widths),
-                         sweep.axis('model.num_layers', [2, 4, 6])),
+  return sweeps.Sweep(
+      grid=sweeps.product(sweeps.axis('model.d_model', widths),
+                          sweeps.axis('model.num_layers', [2, 4, 6])),
       derived={'model.d_ff': studies.ffn_4x,
                'model.num_heads': studies.heads_of_size(32 if scale == 'cpu' else 64)})

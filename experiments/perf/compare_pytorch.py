@@ -70,23 +70,26 @@ def jax_worker(fields: dict, warmup: int):
   from transformer import cli
   cli.keep_freed_host_memory()  # as train and bench do (TRANSFORMER_MALLOC=system: neither side)
   import jax
-  from transformer import bench, scaling
+
+  from transformer.analysis import bench
+  from transformer.model import counting
   cli.enable_compilation_cache()
   config = _config(fields)
   prepared = bench.prepare(config)
   prepared.run(warmup)
-  counts = scaling.summarize(prepared.cfg, config.data.seq_len)
+  counts = counting.summarize(prepared.experiment.model, config.data.seq_len)
   info = dict(params=counts['params'], flops_per_token=counts['flops_per_token'],
               compile_s=prepared.compile_s, device=jax.devices()[0].device_kind,
               jax=jax.__version__)
   _serve(info, prepared.run,
-         lambda: bench.measure_matmul_flops(jax.devices()[0], n=MATMUL_N))
+         lambda: counting.measure_matmul_flops(jax.devices()[0], n=MATMUL_N))
 
 
 def torch_worker(fields: dict, warmup: int):
   from transformer import cli
   cli.keep_freed_host_memory()  # the same host allocator setting for both sides
   import math
+
   import numpy as np
   import torch
   import transformers

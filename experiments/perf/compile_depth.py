@@ -1,6 +1,7 @@
 """Compile time of the train step against depth, with and without `nn.scan`, and a restart.
 
-  python experiments/perf/compile_depth.py [--depths=2,6,12,24] [--config=configs/decoder_only.py:mini]
+  python experiments/perf/compile_depth.py [--depths=2,6,12,24] \
+      [--config=configs/decoder_only.py:mini]
 
 For each depth and layer layout, `python -m transformer.bench` runs in a fresh process with an
 empty persistent compilation cache (a cold compile), then once more on the same cache (a

@@ -20,8 +20,10 @@ import jax.numpy as jnp
 import optax
 from absl import flags
 
-from transformer import cli, models
+from transformer import cli
+from transformer.config import Experiment
 from transformer.data import pipeline
+from transformer.model import models
 
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'measurements of each side')
 _BATCHES = flags.DEFINE_integer('batches', 200, 'batches read per pipeline measurement')
@@ -76,13 +78,13 @@ def step_tokens_per_sec(cfg, batch, iterator=None) -> float:
 
 def main(config, argv):
   del argv
-  cfg, _, task = pipeline.check_data_config(config)
-  if task != 'lm':
-    cli.fail(f'this benchmark times a causal-LM step; the config gives task {task}')
+  config = Experiment.from_config(config)
+  pipeline.check_data(config)
+  if config.task != 'lm':
+    cli.fail(f'this benchmark times a causal-LM step; the config gives task {config.task}')
   tokenizer = pipeline.get_tokenizer(config)
-  pipeline.apply_vocab(config, tokenizer)
-  from transformer.config import ModelConfig
-  cfg = ModelConfig.from_config(config)
+  config = pipeline.with_vocab(config, tokenizer)
+  cfg = config.model
   iterator = iter(pipeline.make_dataset(config, 'train', tokenizer))
   batch = next(iterator)
   iterator.close()

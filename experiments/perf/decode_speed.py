@@ -13,10 +13,11 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from transformer import cli, decode, models
+from transformer import cli
 from transformer.config import ModelConfig
+from transformer.model import decode, models
 
 _BATCH = flags.DEFINE_integer('batch', 1, 'prompts decoded together')
 _PROMPT_LEN = flags.DEFINE_integer('prompt_len', 8, 'prompt tokens')

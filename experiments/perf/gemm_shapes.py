@@ -18,7 +18,6 @@ import sys
 import time
 
 import numpy as np
-
 from compare_pytorch import CONFIGS  # the same configs, beside this file
 
 FRAMEWORKS = ('jax', 'torch', 'numpy')

@@ -5,8 +5,9 @@
 Runs `python -m transformer.bench --json` once per variant of configs/decoder_only.py:gpt2-small
 (124M parameters, sequence 1024, dropout 0), each in a fresh process, and prints a Markdown
 table for experiments/perf/RESULTS.md with the device name. MFU is against the device's
-published dense bf16 peak (bench.ACCELERATOR_PEAKS). The target is >= 45% MFU on an H100 with
-cuDNN attention and bfloat16 compute (nanoGPT reports ~37% on an A100 for this model).
+published dense bf16 peak (ACCELERATOR_PEAKS in transformer/model/counting.py). The target is
+>= 45% MFU on an H100 with cuDNN attention and bfloat16 compute (nanoGPT reports ~37% on an
+A100 for this model).
 The vocabulary is padded to 50304 (a multiple of 128, as nanoGPT does): the extra 47 rows are
 never a target and the matmul tiles evenly.
 """

@@ -1,6 +1,7 @@
 """Compile time and step time of each mesh layout on simulated CPU devices.
 
-  python experiments/perf/mesh_layouts.py [--devices=8] [--config=configs/default.py] [-- BENCH_FLAGS]
+  python experiments/perf/mesh_layouts.py [--devices=8] [--config=configs/default.py] \
+      [-- BENCH_FLAGS]
 
 Runs `python -m transformer.bench --json` once per layout, each in a fresh process with
 `JAX_NUM_CPU_DEVICES` set and no persistent compilation cache (compile times are cold), and

@@ -15,50 +15,55 @@ import time
 from absl import flags
 
 from transformer import cli
+from transformer.config import Experiment
+from transformer.data import datasets, pipeline
 
-_PREPARE = flags.DEFINE_bool('prepare', False, 'download and prepare the dataset, then exit')
-_SPLIT = flags.DEFINE_enum('split', 'train', ['train', 'eval'], 'which split to read')
-_BATCHES = flags.DEFINE_integer('batches', 20, 'batches to read (to measure throughput)')
-_SHOW = flags.DEFINE_integer('show', 2, 'rows of the first batch to print, decoded')
+
+def define_flags():
+  flags.DEFINE_bool('prepare', False, 'download and prepare the dataset, then exit')
+  flags.DEFINE_enum('split', 'train', ['train', 'eval'], 'which split to read')
+  flags.DEFINE_integer('batches', 20, 'batches to read (to measure throughput)')
+  flags.DEFINE_integer('show', 2, 'rows of the first batch to print, decoded')
 
 
 def main(config, argv):
+  f = flags.FLAGS
   if len(argv) > 1:
     cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  if _BATCHES.value < 1:
-    cli.fail(f'--batches={_BATCHES.value} is invalid: must be >= 1')
-  from transformer.data import datasets, pipeline
-  cfg, spec, task = pipeline.check_data_config(config)
-  data_dir = datasets.resolve_data_dir(config.data.data_dir)
-  if _PREPARE.value:
-    print(f'preparing {config.data.dataset} in {data_dir} ...', flush=True)
+  if f.batches < 1:
+    cli.fail(f'--batches={f.batches} is invalid: must be >= 1')
+  experiment = Experiment.from_config(config)
+  spec, data = pipeline.check_data(experiment), experiment.data
+  data_dir = datasets.resolve_data_dir(data.data_dir)
+  if f.prepare:
+    print(f'preparing {data.dataset} in {data_dir} ...', flush=True)
     try:
-      datasets.prepare(config.data.dataset, data_dir)
+      datasets.prepare(data.dataset, data_dir)
     except datasets.PrepareError as e:
       cli.fail(str(e), code=1)
-  tokenizer = pipeline.get_tokenizer(config)
-  summary = (f'dataset {config.data.dataset} ({spec.kind}) -> task {task} for {cfg.family}; '
-             f'{config.data.tokenizer} tokenizer, vocabulary {tokenizer.vocab_size}; '
-             f'data in {data_dir}')
-  if _PREPARE.value:
+  tokenizer = pipeline.get_tokenizer(experiment)
+  summary = (f'dataset {data.dataset} ({spec.kind}) -> task {experiment.task} for '
+             f'{experiment.model.family}; {data.tokenizer} tokenizer, vocabulary '
+             f'{tokenizer.vocab_size}; data in {data_dir}')
+  if f.prepare:
     print(summary)
     return
-  iterator = iter(pipeline.make_dataset(config, _SPLIT.value, tokenizer))
+  iterator = iter(pipeline.make_dataset(experiment, f.split, tokenizer))
   print(summary)
   start = time.perf_counter()
   batches, tokens = [], 0
   for batch in iterator:
     batches.append(batch)
     tokens += batch['inputs'].size
-    if len(batches) == _BATCHES.value:
+    if len(batches) == f.batches:
       break
   seconds = time.perf_counter() - start
   iterator.close()
   if not batches:
-    cli.fail(f'the {_SPLIT.value} split of {config.data.dataset} gave no batch', code=1)
+    cli.fail(f'the {f.split} split of {data.dataset} gave no batch', code=1)
   first = batches[0]
   print('batch:', ', '.join(f'{k} {v.shape} {v.dtype}' for k, v in sorted(first.items())))
-  for row in range(min(_SHOW.value, len(first['inputs']))):
+  for row in range(min(f.show, len(first['inputs']))):
     for key in ('inputs', 'decoder_inputs', 'targets'):
       if key in first:
         print(f'  [{row}] {key:>14}: {tokenizer.decode(first[key][row])!r}'[:200])
@@ -71,4 +76,5 @@ def main(config, argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   cli.run(main)

@@ -17,8 +17,9 @@ import os
 import pathlib
 from typing import Any
 
-from transformer.config import ConfigError
+from transformer.config import DataConfig
 from transformer.data import synthetic
+from transformer.errors import ConfigError, first_line, last_line
 
 KINDS = ('text', 'pairs', 'labelled')
 
@@ -89,14 +90,14 @@ def prepare(name: str, data_dir: str):
     tfds.builder(spec.tfds_name, data_dir=data_dir,
                  file_format='array_record').download_and_prepare()
   except Exception as e:  # noqa: BLE001 - offline, disk full, ...: say it in one line
-    reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:300]
     raise PrepareError(f'could not prepare {name} in {data_dir}: {type(e).__name__}: '
-                       f'{reason}') from None
+                       f'{last_line(e)[:300]}') from None
 
 
 def build_embedded(tfds_name: str, data_dir: str):
   """Builds the embedded corpus once; concurrent runs wait for the first (a file lock)."""
   import tensorflow_datasets as tfds
+
   from transformer.data.shakespeare.shakespeare_corpus import ShakespeareCorpus
   assert tfds_name == 'shakespeare_corpus'
   if is_prepared(tfds_name, data_dir):  # e.g. a shared, read-only data directory
@@ -173,9 +174,8 @@ def _passages(records) -> list[str]:
   return out
 
 
-def open_split(config: Any, which: str) -> CanonicalSource:
-  """The training ('train') or evaluation ('eval') split of `config.data.dataset`."""
-  data = config.data
+def open_split(data: DataConfig, which: str) -> CanonicalSource:
+  """The training ('train') or evaluation ('eval') split of `data.dataset`."""
   spec = get_spec(data.dataset)
   split = spec.splits[0 if which == 'train' else 1]
   split = (data.train_split if which == 'train' else data.eval_split) or split
@@ -196,9 +196,8 @@ def open_split(config: Any, which: str) -> CanonicalSource:
           f'data.dataset={data.dataset!r} is not prepared in {data_dir} (as ArrayRecord, the '
           f'format grain reads); on a machine with network run: '
           f'{prepare_command(data.dataset, data_dir)}') from None
-    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise ConfigError(f'data.dataset={data.dataset!r}: cannot read split {split!r} from '
-                      f'{data_dir}: {reason}') from None
+                      f'{data_dir}: {first_line(e)}') from None
   if spec.whole_text:
     records = _passages(records)
   return CanonicalSource(records, spec, data.source_lang, data.target_lang)

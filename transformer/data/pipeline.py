@@ -19,67 +19,32 @@ continues on exactly the next batch.
 """
 
 import os
-from typing import Any
 
 import grain
 import numpy as np
 
-from transformer.config import ConfigError, ModelConfig
+from transformer.config import DataConfig, Experiment, ModelConfig
 from transformer.data import datasets, synthetic, tokenizers
 from transformer.data.datasets import DatasetSpec
+from transformer.errors import ConfigError
 
-TASKS = ('lm', 'mlm', 'seq2seq', 'classify')
 MAX_CHUNKS_PER_DOCUMENT = 4096  # rows of one document at most (beyond: truncated)
 
 
-def task_for(cfg: ModelConfig, spec: DatasetSpec, dataset: str) -> str:
-  """The training task of a model family on a dataset kind, or a ConfigError."""
-  if cfg.family == 'decoder_only':
-    return 'lm'
-  if cfg.family == 'encoder_decoder':
-    if spec.kind == 'pairs':
-      return 'seq2seq'
-    raise ConfigError(f'data.dataset={dataset!r} is invalid for model.family=encoder_decoder: '
-                      f'it holds {spec.kind}, the encoder-decoder needs pairs (a translation '
-                      f'dataset or a synthetic task: {", ".join(datasets.SYNTHETIC)})')
-  if cfg.head == 'classify':
-    if spec.kind == 'labelled':
-      return 'classify'
-    raise ConfigError(f'data.dataset={dataset!r} is invalid for model.head=classify: it holds '
-                      f'{spec.kind}; use a labelled dataset (imdb_reviews, glue/sst2)')
-  if spec.kind == 'pairs':
-    raise ConfigError(f'data.dataset={dataset!r} is invalid for model.head=mlm: it holds pairs; '
-                      'use a text or labelled dataset')
-  return 'mlm'
-
-
-def check_data_config(config: Any) -> tuple[ModelConfig, DatasetSpec, str]:
-  """Validates the data section against the model; returns (model config, spec, task)."""
-  from transformer.config import check_config
-  cfg = check_config(config)
-  data = config.data
+def check_data(experiment: Experiment) -> DatasetSpec:
+  """The rules that depend on what the dataset holds (the config sections have checked every
+  field alone): that the model's task can train on it, that its options fit it, and that a
+  pretrained tokenizer's directory exists. Returns the dataset's spec; a ConfigError names the
+  field."""
+  cfg, data = experiment.model, experiment.data
   spec = datasets.get_spec(data.dataset)
 
   def fail(name, allowed):
-    raise ConfigError(f'data.{name}={data[name]!r} is invalid: {allowed}')
+    raise ConfigError(f'data.{name}={getattr(data, name)!r} is invalid: {allowed}')
 
-  if data.tokenizer not in ('byte', 'sentencepiece', 'huggingface'):
-    fail('tokenizer', 'must be one of byte, sentencepiece, huggingface')
   if data.tokenizer == 'huggingface' and not os.path.isdir(data.hf_tokenizer):
     fail('hf_tokenizer', "must be a directory holding a saved tokenizer with "
          "data.tokenizer='huggingface' (python -m transformer.convert writes one)")
-  if data.tokenizer == 'sentencepiece':
-    if data.spm_type not in ('unigram', 'bpe'):
-      fail('spm_type', 'must be one of unigram, bpe')
-    if data.vocab_size < (0 if data.spm_model else 16):
-      fail('vocab_size', 'must be >= 16 to train SentencePiece (or 0 with data.spm_model)')
-  if not 0.0 < data.mask_rate < 1.0:
-    fail('mask_rate', 'must be in (0, 1)')
-  for name in ('num_workers', 'prefetch', 'read_threads'):
-    if data[name] < 0:
-      fail(name, 'must be >= 0')
-  if data.tokenizer == 'sentencepiece' and data.spm_examples < 1:
-    fail('spm_examples', 'must be a positive integer')
   if spec.tfds_name is None:
     if data.synthetic_len < 1:
       fail('synthetic_len', 'must be a positive integer')
@@ -87,22 +52,36 @@ def check_data_config(config: Any) -> tuple[ModelConfig, DatasetSpec, str]:
       fail('recall_distance', 'must be >= 0')
   if spec.languages:
     for name in ('source_lang', 'target_lang'):
-      if data[name] not in spec.languages:
+      if getattr(data, name) not in spec.languages:
         fail(name, f'must be one of {", ".join(spec.languages)} for {data.dataset}')
     if data.source_lang == data.target_lang:
       fail('target_lang', 'must differ from data.source_lang')
-  task = task_for(cfg, spec, data.dataset)
+  _check_task(cfg, spec, data.dataset)
   if spec.tfds_name is None and data.tokenizer == 'byte':
-    _check_synthetic_fits(data, task)
-  if task == 'classify' and data.seq_len < 2:
+    _check_synthetic_fits(data, cfg.task)
+  if cfg.task == 'classify' and data.seq_len < 2:
     fail('seq_len', 'must be >= 2 for classification (<bos> text <eos>)')
-  if task == 'classify' and cfg.num_classes != spec.num_classes:
+  if cfg.task == 'classify' and cfg.num_classes != spec.num_classes:
     raise ConfigError(f'model.num_classes={cfg.num_classes} is invalid: {data.dataset} has '
                       f'{spec.num_classes} classes')
-  return cfg, spec, task
+  return spec
 
 
-def _check_synthetic_fits(data: Any, task: str):
+def _check_task(cfg: ModelConfig, spec: DatasetSpec, dataset: str):
+  """The model's task needs a dataset of a certain kind."""
+  if cfg.task == 'seq2seq' and spec.kind != 'pairs':
+    raise ConfigError(f'data.dataset={dataset!r} is invalid for model.family=encoder_decoder: '
+                      f'it holds {spec.kind}, the encoder-decoder needs pairs (a translation '
+                      f'dataset or a synthetic task: {", ".join(datasets.SYNTHETIC)})')
+  if cfg.task == 'classify' and spec.kind != 'labelled':
+    raise ConfigError(f'data.dataset={dataset!r} is invalid for model.head=classify: it holds '
+                      f'{spec.kind}; use a labelled dataset (imdb_reviews, glue/sst2)')
+  if cfg.task == 'mlm' and spec.kind == 'pairs':
+    raise ConfigError(f'data.dataset={dataset!r} is invalid for model.head=mlm: it holds pairs; '
+                      'use a text or labelled dataset')
+
+
+def _check_synthetic_fits(data: DataConfig, task: str):
   """Synthetic examples must fit a row whole (one byte per character), or the task is broken."""
   inputs, targets = synthetic.max_lengths(data.dataset, data.synthetic_len, data.recall_distance)
   need = inputs + targets + 3 if task == 'lm' else max(inputs, targets) + 1  # specials
@@ -117,10 +96,10 @@ def _check_synthetic_fits(data: Any, task: str):
 # --- tokenizers -----------------------------------------------------------------------------------
 
 
-def get_tokenizer(config: Any) -> tokenizers.Tokenizer:
+def get_tokenizer(experiment: Experiment) -> tokenizers.Tokenizer:
   """The byte tokenizer, a given SentencePiece model, or one trained on the training split
   (cached in the data directory, so later runs and other hosts reuse it)."""
-  data = config.data
+  data = experiment.data
   if data.tokenizer == 'byte':
     return tokenizers.ByteTokenizer()
   if data.tokenizer == 'huggingface':
@@ -131,21 +110,22 @@ def get_tokenizer(config: Any) -> tokenizers.Tokenizer:
   path = tokenizers.sentencepiece_cache_path(data_dir, data.dataset, data.vocab_size,
                                              data.spm_type, data.spm_examples, data.train_split)
   if not os.path.exists(path):
-    texts = datasets.training_texts(datasets.open_split(config, 'train'), data.spm_examples)
+    texts = datasets.training_texts(datasets.open_split(data, 'train'), data.spm_examples)
     tokenizers.train_sentencepiece(texts, data.vocab_size, path, data.spm_type)
   return tokenizers.SentencePieceTokenizer(path)
 
 
-def apply_vocab(config: Any, tokenizer: tokenizers.Tokenizer):
-  """Reads the tokenizer's vocabulary size back into the model config. A pretrained model's
-  vocabulary is fixed by its checkpoint (and may be padded past the tokenizer's): it must
-  only hold every token id."""
-  if config.data.tokenizer == 'huggingface':
-    if tokenizer.vocab_size > config.model.vocab_size:
-      raise ConfigError(f'model.vocab_size={config.model.vocab_size} is invalid: the tokenizer '
-                        f'{config.data.hf_tokenizer} has {tokenizer.vocab_size} tokens')
-    return
-  config.model.vocab_size = tokenizer.vocab_size
+def with_vocab(experiment: Experiment, tokenizer: tokenizers.Tokenizer) -> Experiment:
+  """The experiment with the tokenizer's vocabulary size as model.vocab_size. A pretrained
+  model's vocabulary is fixed by its checkpoint (and may be padded past the tokenizer's): it
+  must only hold every token id."""
+  if experiment.data.tokenizer == 'huggingface':
+    if tokenizer.vocab_size > experiment.model.vocab_size:
+      raise ConfigError(f'model.vocab_size={experiment.model.vocab_size} is invalid: the '
+                        f'tokenizer {experiment.data.hf_tokenizer} has {tokenizer.vocab_size} '
+                        'tokens')
+    return experiment
+  return experiment.replace(model={'vocab_size': tokenizer.vocab_size})
 
 
 # --- per-example transforms (classes, so worker processes can pickle them) ------------------------
@@ -311,20 +291,20 @@ def host_batch_size(global_batch: int, shard_count: int) -> int:
   return global_batch // shard_count
 
 
-def make_dataset(config: Any, which: str, tokenizer: tokenizers.Tokenizer, *,
+def make_dataset(experiment: Experiment, which: str, tokenizer: tokenizers.Tokenizer, *,
                  shard_index: int | None = None, shard_count: int | None = None
                  ) -> grain.IterDataset:
   """Batches of the training ('train': shuffled, endless) or evaluation ('eval': one pass,
   the last batch padded) split, from this host's shard of the data (by default this JAX
   process's: `jax.process_index()` of `jax.process_count()`)."""
-  cfg, spec, task = check_data_config(config)
+  task = experiment.task
   if shard_index is None or shard_count is None:
     shard_index, shard_count = host_shard()
-  data, train = config.data, which == 'train'
-  T, seed = data.seq_len, config.train.seed
+  data, train = experiment.data, which == 'train'
+  T, seed = data.seq_len, experiment.train.seed
   batch_size = host_batch_size(data.batch_size, shard_count)
 
-  ds = grain.MapDataset.source(datasets.open_split(config, which))
+  ds = grain.MapDataset.source(datasets.open_split(data, which))
   ds = ds[shard_index::shard_count]
   if train:
     ds = ds.seed(seed).shuffle().repeat(None)

@@ -1,10 +1,11 @@
 """Tokenizers behind one interface: byte-level (the default), SentencePiece, and a pretrained
-model's Hugging Face tokenizer (for checkpoints converted by transformer/convert.py).
+model's Hugging Face tokenizer (for checkpoints converted by transformer/inference/convert.py).
 
-Byte-level and SentencePiece reserve the same special tokens: padding, beginning and end of sequence, a separator
-(between a prompt and its completion) and a mask (masked-LM). The byte tokenizer keeps a
-vocabulary of exactly 256 by giving those roles to ASCII control bytes that text does not use
-(they are removed from input text); SentencePiece gets them as reserved pieces.
+Byte-level and SentencePiece reserve the same special tokens: padding, beginning and end of
+sequence, a separator (between a prompt and its completion) and a mask (masked-LM). The byte
+tokenizer keeps a vocabulary of exactly 256 by giving those roles to ASCII control bytes that
+text does not use (they are removed from input text); SentencePiece gets them as reserved
+pieces.
 """
 
 import dataclasses
@@ -16,7 +17,7 @@ from typing import Iterable, Protocol
 
 import numpy as np
 
-from transformer.config import ConfigError
+from transformer.errors import ConfigError
 
 
 class Tokenizer(Protocol):

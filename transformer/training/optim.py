@@ -25,40 +25,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from transformer import models
-from transformer.config import ConfigError, ModelConfig
-
-OPTIMIZERS = ('adamw', 'adafactor', 'sgd')
-SCHEDULES = ('constant', 'cosine', 'linear', 'rsqrt')
+from transformer.config import ModelConfig, OptConfig
+from transformer.model import models
 
 
-def check_opt_config(opt: Any, cfg: ModelConfig | None = None):
-  """Validates the `opt` section (and, given the model config, what it requires of it)."""
-  def fail(name, allowed):
-    raise ConfigError(f'opt.{name}={opt[name]!r} is invalid: {allowed}')
-
-  if opt.name not in OPTIMIZERS:
-    fail('name', f'must be one of {", ".join(OPTIMIZERS)}')
-  if opt.schedule not in SCHEDULES:
-    fail('schedule', f'must be one of {", ".join(SCHEDULES)}')
-  if not opt.lr > 0:
-    fail('lr', 'must be > 0')
-  for name in ('warmup_steps', 'weight_decay', 'clip_norm', 'momentum'):
-    if opt[name] < 0:
-      fail(name, 'must be >= 0')
-  if opt.schedule == 'rsqrt' and opt.warmup_steps < 1:
-    fail('warmup_steps', "must be >= 1 for opt.schedule='rsqrt'")
-  if not 0 <= opt.final_lr_ratio <= 1:
-    fail('final_lr_ratio', 'must be in [0, 1]')
-  for name in ('b1', 'b2'):
-    if not 0 <= opt[name] < 1:
-      fail(name, 'must be in [0, 1)')
-  if cfg is not None and cfg.parametrization == 'mup' and opt.name != 'adamw':
-    fail('name', "must be adamw with model.parametrization='mup' (the muP learning-rate rules "
-         "implemented are Adam's)")
-
-
-def make_schedule(opt: Any, num_steps: int) -> optax.Schedule:
+def make_schedule(opt: OptConfig, num_steps: int) -> optax.Schedule:
   lr, warmup = opt.lr, opt.warmup_steps
   if opt.schedule == 'rsqrt':
     def rsqrt(step):
@@ -82,7 +53,7 @@ def decay_mask(params: Any) -> Any:
   """True for the weights that get weight decay: matrices of projections, not norms, biases
   or embedding tables (whose names say so)."""
   def decays(path, leaf):
-    names = [str(getattr(k, 'key', k)) for k in path]
+    names = models.path_name(path).split('/')
     exempt = ('norm' in n or n == 'bias' or 'embedding' in n or n == 'scale' for n in names)
     return leaf.ndim > 1 and not any(exempt)
   return jax.tree_util.tree_map_with_path(decays, params)
@@ -100,7 +71,7 @@ def hidden_mask(cfg: ModelConfig) -> Any:
                       narrow, wide)
 
 
-def mup_adamw(opt: Any, schedule: optax.Schedule, mask: Any,
+def mup_adamw(opt: OptConfig, schedule: optax.Schedule, mask: Any,
               cfg: ModelConfig) -> optax.GradientTransformation:
   """optax.adamw with the hidden matrices' updates scaled by 1/m before the weight decay."""
   return optax.chain(
@@ -110,14 +81,14 @@ def mup_adamw(opt: Any, schedule: optax.Schedule, mask: Any,
       optax.scale_by_learning_rate(schedule))
 
 
-def make_optimizer(opt: Any, num_steps: int, cfg: ModelConfig | None = None
+def make_optimizer(opt: OptConfig, num_steps: int, cfg: ModelConfig | None = None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """(optimizer, schedule): clipping, then the update rule with its schedule. `cfg`, the model
-  config, is needed for muP (None: standard parametrization)."""
+  config, is needed for muP (None: standard parametrization; `Experiment` has checked that muP
+  comes with AdamW)."""
   schedule = make_schedule(opt, num_steps)
   mask = None if opt.decay_all_params else decay_mask
   if cfg is not None and cfg.parametrization == 'mup':
-    check_opt_config(opt, cfg)
     rule = mup_adamw(opt, schedule, mask, cfg)
   elif opt.name == 'adamw':
     rule = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,

@@ -8,24 +8,9 @@ so the files hold one curve, as if the run had never stopped.
 import json
 import math
 import os
-import tempfile
 from typing import Any
 
-
-def read_jsonl(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def write_json(path: str, obj: Any):
-  """Atomically: a crash never leaves half a file."""
-  directory = os.path.dirname(os.path.abspath(path))
-  with tempfile.NamedTemporaryFile('w', dir=directory, delete=False, suffix='.tmp') as f:
-    json.dump(obj, f, indent=2, sort_keys=True, allow_nan=True)
-    f.write('\n')
-  os.replace(f.name, path)
+from transformer import files
 
 
 def _clean(value: Any) -> Any:
@@ -42,10 +27,8 @@ class MetricWriter:
     self._tb = None
     if not enabled:
       return
-    kept = [r for r in read_jsonl(self.path) if r['step'] <= resume_step]
-    with tempfile.NamedTemporaryFile('w', dir=workdir, delete=False, suffix='.tmp') as f:
-      f.writelines(json.dumps(r) + '\n' for r in kept)
-    os.replace(f.name, self.path)
+    kept = [r for r in files.read_jsonl(self.path) if r['step'] <= resume_step]
+    files.atomic_write(self.path, ''.join(json.dumps(r) + '\n' for r in kept))
     from tensorboardX import SummaryWriter
     # purge_step: TensorBoard discards events at or after it (left by an interrupted run).
     self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'),

@@ -17,6 +17,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from transformer.errors import first_line
+
 ITEMS = ('state', 'data', 'meta')
 
 
@@ -34,10 +36,11 @@ class Checkpoints:
     return list(self._manager.all_steps())
 
   def saved_shapes(self, step: int) -> Any | None:
-    """The (shape, dtype) tree of a checkpoint's state, from its metadata; None if unreadable."""
+    """The state of a checkpoint as a tree of jax.ShapeDtypeStructs, from its metadata; None if
+    unreadable."""
     try:
       tree = self._manager.item_metadata(step)['state']
-      return jax.tree.map(lambda m: (tuple(m.shape), str(m.dtype)), dict(tree))
+      return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), dict(tree))
     except Exception:  # noqa: BLE001 - unreadable metadata: restore will set it aside
       return None
 
@@ -86,15 +89,15 @@ class Checkpoints:
       try:
         return read(step)
       except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: fall back
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        reason = first_line(e, 200)
         if not set_aside:
-          print(f'warning: checkpoint at step {step} is unreadable ({first_line}); using the '
+          print(f'warning: checkpoint at step {step} is unreadable ({reason}); using the '
                 'previous one')
           continue
         aside = self._set_aside(step)
         logging.warning('checkpoint at step %d is unreadable (%s); moved to %s, trying the '
-                        'previous one', step, first_line, aside)
-        print(f'warning: checkpoint at step {step} is unreadable ({first_line}); moved to '
+                        'previous one', step, reason, aside)
+        print(f'warning: checkpoint at step {step} is unreadable ({reason}); moved to '
               f'{aside}; using the previous one')
     return None
 

@@ -97,7 +97,8 @@ def alibi_slopes(num_heads: int) -> jax.Array:
   return jnp.asarray(slopes, dtype=jnp.float32)
 
 
-def alibi_bias(num_heads: int, q_positions_BxT: jax.Array, kv_positions_BxS: jax.Array) -> jax.Array:
+def alibi_bias(num_heads: int, q_positions_BxT: jax.Array,
+               kv_positions_BxS: jax.Array) -> jax.Array:
   """Additive attention bias -slope_h * |i - j| of shape (B, N, T, S), float32.
 
   Under a causal mask this is the paper's -slope * (i - j); without one, the symmetric form.

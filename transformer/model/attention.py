@@ -12,8 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from transformer import positional
-from transformer.dropout import apply_mask
+from transformer.model import positional
+from transformer.model.dropout import apply_mask
 
 # --- masks -------------------------------------------------------------------------------------
 
@@ -94,8 +94,7 @@ def dot_product_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH:
   'cudnn' call `jax.nn.dot_product_attention` (cuDNN flash attention on GPU). All paths give
   the same result, including zeros for a query that sees no key.
   """
-  B, T, N, H = q_BxTxNxH.shape
-  S, K = k_BxSxKxH.shape[1], k_BxSxKxH.shape[2]
+  T, H, S = q_BxTxNxH.shape[1], q_BxTxNxH.shape[3], k_BxSxKxH.shape[1]
   if impl == 'einsum':
     return _einsum_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, bias, is_causal,
                              H ** -0.5 if scale is None else scale, dropout_rate, dropout_rng)

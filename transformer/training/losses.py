@@ -1,4 +1,5 @@
-"""The loss of each task, weighted so padding (and prompts, and unmasked MLM tokens) count 0.
+"""The loss of each task (`ModelConfig.task`: lm, mlm, seq2seq, classify), weighted so padding
+(and prompts, and unmasked MLM tokens) count 0.
 
 Losses are returned as sums with their total weight, so that micro-batches (gradient
 accumulation) and devices add up to exactly the mean over the whole batch.
@@ -9,17 +10,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from transformer.config import ModelConfig
-
-
-def task_of_model(cfg: ModelConfig) -> str:
-  """The task a model trains on: lm, mlm, seq2seq or classify."""
-  if cfg.family == 'decoder_only':
-    return 'lm'
-  if cfg.family == 'encoder_decoder':
-    return 'seq2seq'
-  return 'mlm' if cfg.head == 'mlm' else 'classify'
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0

@@ -17,15 +17,15 @@ embedding uses the base width's sqrt(d)); the hidden matrices' rules live in lay
 
 import math
 import re
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from transformer import attention, layers, positional
 from transformer.config import ModelConfig
-from transformer.dropout import Dropout
-
+from transformer.model import attention, layers, positional
+from transformer.model.dropout import Dropout
 
 # What a rematerialised block keeps from its forward pass (model.remat_policy); the rest is
 # recomputed in the backward pass. 'dots_no_batch' keeps the matmuls with weights (projections,
@@ -159,15 +159,18 @@ class Stack(nn.Module):
 
   cfg: ModelConfig
   num_layers: int
-  decoder: bool = False  # DecoderBlock (with cross-attention) instead of EncoderBlock
-  causal: bool = False  # for EncoderBlock: the decoder-only (GPT) stack
+  cross_attention: bool = False  # CrossAttentionBlocks (the translation decoder), else
+  #   SelfAttentionBlocks
+  causal: bool = False  # SelfAttentionBlocks with causal self-attention (the GPT stack)
 
   @nn.compact
   def __call__(self, x_BxTxD: jax.Array, *block_args, use_cache: bool = False) -> jax.Array:
     cfg = self.cfg
-    block_cls = layers.DecoderBlock if self.decoder else layers.EncoderBlock
-    kwargs = {'use_cache': use_cache} if self.decoder else {'causal': self.causal,
-                                                            'use_cache': use_cache}
+    if self.cross_attention:
+      block_cls, kwargs = layers.CrossAttentionBlock, {'use_cache': use_cache}
+    else:
+      block_cls, kwargs = layers.SelfAttentionBlock, {'causal': self.causal,
+                                                      'use_cache': use_cache}
     if cfg.remat:  # `deterministic`, the last argument, is static (self is 0, x is 1)
       block_cls = nn.remat(block_cls, prevent_cse=not cfg.scan_layers,
                            policy=REMAT_POLICIES[cfg.remat_policy],
@@ -283,7 +286,7 @@ class EncoderDecoder(nn.Module):
       self.source_embedder = Embedder(cfg)
       self.target_embedder = Embedder(cfg)
     self.encoder = Stack(cfg, cfg.num_layers)
-    self.decoder = Stack(cfg, cfg.num_decoder_layers, decoder=True)
+    self.decoder = Stack(cfg, cfg.num_decoder_layers, cross_attention=True)
     self.lm_head = Unembed(cfg, use_bias=cfg.logits_bias)
 
   def _embedders(self):
@@ -361,6 +364,41 @@ def init_params(cfg: ModelConfig, rng: jax.Array) -> dict:
 def abstract_variables(cfg: ModelConfig) -> dict:
   """Shapes, dtypes and logical axes of every variable; nothing is allocated."""
   return jax.eval_shape(lambda rng: init_variables(cfg, rng), jax.random.key(0))
+
+
+# --- parameter trees ------------------------------------------------------------------------------
+# A parameter's path ('decoder/layers_0/mlp/wi/kernel') is a public contract: checkpoints and
+# converted runs are read by it (tests/test_param_paths.py pins every path).
+
+
+def path_name(path) -> str:
+  """'decoder/layers_0/mlp/wi/kernel' for a jax tree path."""
+  return '/'.join(str(getattr(k, 'key', k)) for k in path)
+
+
+def flat_params(tree: Any, is_leaf=None) -> dict[str, Any]:
+  """{path name: leaf} of a parameter tree, in tree order."""
+  return {path_name(path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]}
+
+
+def first_mismatch(want: Any, have: Any, dtypes: bool = False) -> tuple[str, str, str] | None:
+  """The first parameter of `want` that `have` lacks or holds with another shape (or, with
+  `dtypes`, dtype), as (name, what `have` holds or 'absent', what `want` holds); None when
+  every one matches. Leaves are arrays or jax.ShapeDtypeStructs."""
+  describe = lambda x: str(tuple(x.shape)) + (f' {x.dtype}' if dtypes else '')
+  have_flat = flat_params(have)
+  for name, leaf in flat_params(want).items():
+    if name not in have_flat:
+      return name, 'absent', describe(leaf)
+    if describe(have_flat[name]) != describe(leaf):
+      return name, describe(have_flat[name]), describe(leaf)
+  return None
+
+
+def in_layout(cfg: ModelConfig, params: Any) -> Any:
+  """Parameters in `cfg`'s layer layout (scanned or unrolled), whichever layout they are in."""
+  return stack_layers(params) if cfg.scan_layers else unstack_layers(params)
 
 
 _LAYER = re.compile(r'^layers_(\d+)$')

@@ -1,4 +1,6 @@
-"""Building blocks: feed-forward, norms, residual sublayers, the encoder and decoder blocks.
+"""Building blocks: feed-forward, norms, residual sublayers, and the two blocks every stack is
+made of: `SelfAttentionBlock` (BERT's encoder, GPT's decoder with causal=True, the translation
+encoder) and `CrossAttentionBlock` (the translation decoder, which also attends to the encoder).
 
 A sublayer f is wrapped as in the original paper (post-LN: norm(x + dropout(f(x)))) or as in
 GPT-2 and most later models (pre-LN: x + dropout(f(norm(x)))); `ModelConfig.pre_norm` picks.
@@ -14,9 +16,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from transformer.attention import MultiHeadAttention
 from transformer.config import ModelConfig
-from transformer.dropout import Dropout
+from transformer.model.attention import MultiHeadAttention
+from transformer.model.dropout import Dropout
 
 ACTIVATIONS = {
     'relu': jax.nn.relu,
@@ -128,8 +130,9 @@ def residual(cfg: ModelConfig, norm: nn.Module, f, x_BxTxD: jax.Array,
   return nn.with_logical_constraint(x_BxTxD, ('batch', 'length', 'embed'))
 
 
-class EncoderBlock(nn.Module):
-  """Self-attention then feed-forward. With causal=True it is the GPT (decoder-only) block."""
+class SelfAttentionBlock(nn.Module):
+  """Self-attention then feed-forward: an encoder block, or with causal=True the GPT
+  (decoder-only) block."""
 
   cfg: ModelConfig
   num_layers: int  # depth of the stack, for the residual init scale
@@ -150,8 +153,9 @@ class EncoderBlock(nn.Module):
                     x_BxTxD, deterministic)
 
 
-class DecoderBlock(nn.Module):
-  """Masked self-attention, then cross-attention to the encoder, then feed-forward."""
+class CrossAttentionBlock(nn.Module):
+  """The encoder-decoder's decoder block: masked self-attention, then cross-attention to the
+  encoder output, then feed-forward."""
 
   cfg: ModelConfig
   num_layers: int

@@ -1,6 +1,6 @@
 """Devices: the mesh, logical axis rules, sharded train states and batches, pmap, many hosts.
 
-One pure `train.train_step` runs everywhere; this module only decides where its arrays live.
+One pure `step.train_step` runs everywhere; this module only decides where its arrays live.
 
   jit (the main path)  a device mesh with three named axes, sized by the config:
                          mesh.data    data parallelism: each group of devices sees its own
@@ -36,11 +36,10 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from transformer import models
-from transformer.config import ConfigError, ModelConfig
+from transformer.config import MESH_AXES, Experiment, ModelConfig
+from transformer.errors import ConfigError
+from transformer.model import models
 
-MESH_AXES = ('data', 'fsdp', 'tensor')
-PARALLEL = ('jit', 'pmap')
 BATCH_AXES = ('data', 'fsdp')  # the batch dimension is split over both
 
 # Logical axis -> mesh axes. An activation's 'embed' stays whole: its batch already uses fsdp,
@@ -64,26 +63,12 @@ RULES = (
 # --- the mesh ------------------------------------------------------------------------------------
 
 
-def mesh_shape(config: Any, cfg: ModelConfig, num_devices: int) -> tuple[int, int, int]:
-  """(data, fsdp, tensor) of a config on `num_devices`, validated; -1 takes the rest."""
-  mesh, parallel = config.mesh, config.get('parallel', 'jit')
-  if parallel not in PARALLEL:
-    raise ConfigError(f'parallel={parallel!r} is invalid: must be one of {", ".join(PARALLEL)}')
-  sizes = {}
-  for name in MESH_AXES:
-    value = mesh[name]
-    if not isinstance(value, int) or (value < 1 and value != -1):
-      raise ConfigError(f'mesh.{name}={value!r} is invalid: must be a positive device count '
-                        'or -1 (the remaining devices)')
-    sizes[name] = value
-  if parallel == 'pmap' and (sizes['fsdp'] != 1 or sizes['tensor'] != 1):
-    name = 'fsdp' if sizes['fsdp'] != 1 else 'tensor'
-    raise ConfigError(f'mesh.{name}={sizes[name]} is invalid with parallel=\'pmap\' (data '
-                      'parallel only): must be 1; use parallel=\'jit\' to shard the model')
+def mesh_shape(experiment: Experiment, num_devices: int) -> tuple[int, int, int]:
+  """(data, fsdp, tensor) of an experiment on `num_devices`, validated; -1 takes the rest
+  (`MeshConfig` has checked each field alone)."""
+  mesh = experiment.mesh
+  sizes = {name: getattr(mesh, name) for name in MESH_AXES}
   free = [name for name in MESH_AXES if sizes[name] == -1]
-  if len(free) > 1:
-    raise ConfigError(f'mesh.{free[1]}=-1 is invalid: only one mesh field may be -1 '
-                      f'(mesh.{free[0]} is -1 already)')
   fixed = int(np.prod([v for v in sizes.values() if v != -1]))
   described = ' x '.join(f'mesh.{n}={sizes[n]}' for n in MESH_AXES)
   if free:
@@ -96,11 +81,13 @@ def mesh_shape(config: Any, cfg: ModelConfig, num_devices: int) -> tuple[int, in
                       f'{num_devices} devices; make the product {num_devices} or set one '
                       'field to -1')
   shape = tuple(sizes[n] for n in MESH_AXES)
-  _check_divisible(config, cfg, shape)
+  _check_divisible(experiment, shape)
   return shape
 
 
-def _check_divisible(config: Any, cfg: ModelConfig, shape: tuple[int, int, int]):
+def _check_divisible(experiment: Experiment, shape: tuple[int, int, int]):
+  cfg, batch_size = experiment.model, experiment.data.batch_size
+  accum = experiment.train.grad_accum_steps
   data, fsdp, tensor = shape
   if tensor > 1:
     for field, value in (('num_heads', cfg.num_heads), ('num_kv_heads', cfg.num_kv_heads),
@@ -112,11 +99,11 @@ def _check_divisible(config: Any, cfg: ModelConfig, shape: tuple[int, int, int])
     raise ConfigError(f'model.d_model={cfg.d_model} is invalid: must be divisible by '
                       f'mesh.fsdp={fsdp} (parameters are sharded over it)')
   replicas = data * fsdp
-  micro = config.data.batch_size // config.train.get('grad_accum_steps', 1)
+  micro = batch_size // accum
   if micro % replicas:
-    what = ('data.batch_size' if config.train.get('grad_accum_steps', 1) == 1 else
+    what = ('data.batch_size' if accum == 1 else
             f'data.batch_size / train.grad_accum_steps = {micro}; data.batch_size')
-    raise ConfigError(f'{what}={config.data.batch_size} is invalid: each (micro-)batch must be '
+    raise ConfigError(f'{what}={batch_size} is invalid: each (micro-)batch must be '
                       f'divisible by the data-parallel size mesh.data x mesh.fsdp = {replicas}')
 
 
@@ -210,18 +197,19 @@ class Parallel:
   lower: Callable
 
 
-def make_parallel(config: Any, cfg: ModelConfig, tx: optax.GradientTransformation,
+def make_parallel(experiment: Experiment, tx: optax.GradientTransformation,
                   init_fn: Callable, step_fn: Callable, eval_fn: Callable,
                   devices: list | None = None) -> Parallel:
-  """The Parallel of `config.parallel` over `devices` (default: all devices of all hosts).
+  """The Parallel of `experiment.parallel` over `devices` (default: all devices of all hosts).
 
   init_fn(rng) -> state; step_fn(state, batch, rng, axis_name=None) -> (state, metrics) (the
-  pure `train.train_step` with its options bound); eval_fn(params, batch) -> sums."""
+  pure `step.train_step` with its options bound); eval_fn(params, batch) -> sums."""
+  cfg = experiment.model
   devices = list(devices or jax.devices())
-  shape = mesh_shape(config, cfg, len(devices))
+  shape = mesh_shape(experiment, len(devices))
   abstract_state = jax.eval_shape(init_fn, jax.random.key(0))
   subset = devices if len(devices) != jax.device_count() else None
-  if config.get('parallel', 'jit') == 'pmap':
+  if experiment.parallel == 'pmap':
     return _pmap_parallel(abstract_state, devices, subset, init_fn, step_fn, eval_fn)
 
   mesh = make_mesh(shape, subset)

@@ -9,7 +9,7 @@ named by the sweep file's argument:
 import ml_collections
 
 from transformer import presets
-from transformer.config import ConfigError
+from transformer.errors import ConfigError
 
 SCALES = ('cpu', 'gpu')
 

@@ -87,12 +87,6 @@ def reorder_cache(cache: Any, rows_B: jax.Array, cfg: ModelConfig) -> Any:
   return jax.tree_util.tree_map_with_path(take, cache)
 
 
-def _check_length(cfg: ModelConfig, length: int, what: str):
-  if cfg.position == 'learned' and length > cfg.max_len:
-    raise ValueError(f'{what} is {length} tokens, more than the learned position table holds '
-                     f'(model.max_len={cfg.max_len})')
-
-
 # --- decoder-only --------------------------------------------------------------------------------
 
 
@@ -301,7 +295,8 @@ def translate(model: nn.Module, params: Any, sources: Sequence[Sequence[int]], m
               top_k: int = 0, top_p: float = 1.0, cached: bool = True) -> list[list[int]]:
   """One target per source (an encoder-decoder model), up to `max_len` tokens, cut at eos:
   greedy by default, or sampled. `cached=False`: recompute every step (the reference)."""
-  _check_length(model.cfg, max(max_len, max(len(s) for s in sources)), 'the longest sequence')
+  longest = max(max_len, max(len(s) for s in sources))
+  model.cfg.check_length(longest, f'the longest sequence ({longest} tokens)')
   src, segments = right_pad(sources)
   run = _translate_cached if cached else _translate_uncached
   out = run(model, params, jnp.asarray(src), jnp.asarray(segments), rng, num_tokens=max_len,
@@ -382,7 +377,8 @@ def beam_search(model: nn.Module, params: Any, sources: Sequence[Sequence[int]],
   wider than every hypothesis it is exhaustive search. `source_len`: pad sources to it."""
   if beam_size < 1 or max_len < 1:
     raise ValueError(f'beam_size={beam_size} and max_len={max_len} must be >= 1')
-  _check_length(model.cfg, max(max_len, max(len(s) for s in sources)), 'the longest sequence')
+  longest = max(max_len, max(len(s) for s in sources))
+  model.cfg.check_length(longest, f'the longest sequence ({longest} tokens)')
   src, segments = right_pad(sources, length=source_len)
   seqs_BxWxN, scores_BxW = _beam_search(
       model, params, jnp.asarray(src), jnp.asarray(segments), beam_size=int(beam_size),

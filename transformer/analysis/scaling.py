@@ -1,0 +1,725 @@
+"""The scaling laws of a finished sweep: fits of DIR/results.csv (written by
+transformer.analysis.sweeps), a report and its plots, written to DIR/scaling/ (`python -m
+transformer.scaling DIR`). Parameters and FLOPs are counted as transformer/model/counting.py
+states.
+
+Scaling laws (N: non-embedding parameters, C: a run's training FLOPs `total_flops`, L: the loss,
+`final_eval_loss` or `final_train_loss` where no evaluation was recorded):
+- A power law L = E + A x^-alpha (E >= 0, A, alpha > 0) is fitted by least squares on log L, in
+  log-parameters; a pure one, L = A x^-alpha (Kaplan et al.'s form, what a small study can
+  identify), by linear regression in log-log. Intervals are 95% percentile bootstrap intervals
+  over points resampled with replacement (resamples that do not fit are skipped).
+- L(N) is fitted to the lowest loss at each distinct N (the best over the other swept fields);
+  L(C) to the compute-efficient frontier (points that no point with no more compute beats).
+- IsoFLOP (Hoffmann et al. 2022, approach 2): per budget C, a parabola of L in ln N whose
+  minimum, when inside the sampled range, is N_opt(C); D_opt(C) = C / flops_per_token(N_opt);
+  then N_opt = k C^a and D_opt = k' C^b in log-log, bootstrapped within each budget.
+"""
+
+import collections
+import csv
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from transformer import files, plots as figures
+from transformer.model.counting import format_count
+
+# ---------------------------------------------------------------------------------------------
+# Power-law fits
+
+MIN_SIZES = 3  # distinct x values (or resolved IsoFLOP budgets) a fit needs
+MIN_SIZES_IRREDUCIBLE = 5  # ... and for E + A x^-alpha: three parameters, so some to spare
+Interval = tuple[float, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerLaw:
+  """L = E + A x^-alpha (E = 0 for a pure power law), with 95% bootstrap intervals (low, high)."""
+  E: float
+  A: float
+  alpha: float
+  E_ci: Interval
+  A_ci: Interval
+  alpha_ci: Interval
+  points: int  # points fitted
+  resamples: int  # bootstrap resamples that fitted
+  irreducible: bool  # whether E was fitted
+
+  def __call__(self, x):
+    return self.E + self.A * np.asarray(x, float) ** -self.alpha
+
+  def formula(self, x: str = 'N', y: str = 'L') -> str:
+    floor = f'{self.E:.3g} + ' if self.irreducible else ''
+    return f'{y} = {floor}{self.A:.3g} {x}^{-self.alpha:.3f}'
+
+
+@dataclasses.dataclass(frozen=True)
+class Allocation:
+  """y = k C^a (N_opt or D_opt against compute), with 95% bootstrap intervals (low, high)."""
+  name: str  # y: 'N_opt' or 'D_opt'
+  k: float
+  a: float
+  k_ci: Interval
+  a_ci: Interval
+  points: int  # budgets fitted
+  resamples: int  # bootstrap resamples that fitted
+
+  def __call__(self, c):
+    return self.k * np.asarray(c, float) ** self.a
+
+  def formula(self, x: str = 'C') -> str:
+    return f'{self.name} = {self.k:.3g} {x}^{self.a:.3f}'
+
+
+def fit_power_law(x, y, *, irreducible: bool = True, bootstrap: int = 1000,
+                  seed: int = 0) -> PowerLaw:
+  """Fits L = E + A x^-alpha by least squares on log L, or with irreducible=False the pure
+  L = A x^-alpha by linear regression in log-log; 95% intervals from `bootstrap` resamples."""
+  x, y = np.asarray(x, float), np.asarray(y, float)
+  needed = 3 if irreducible else 2
+  if len(np.unique(x)) < needed:
+    raise ValueError(f'a power law needs at least {needed} distinct x values, got {x.tolist()}')
+  if not (np.all(x > 0) and np.all(y > 0) and np.all(np.isfinite(x * y))):
+    raise ValueError('a power law needs positive, finite x and y')
+  fit_once = _fit_with_floor if irreducible else _fit_pure
+  best = fit_once(x, y)
+  if best is None:
+    raise ValueError('the power-law fit did not converge')
+
+  def refit(indices):
+    return fit_once(x[indices], y[indices], best) if len(np.unique(x[indices])) >= needed else None
+
+  samples = _bootstrap(refit, [np.arange(len(x))], bootstrap, seed)
+  (E_ci, A_ci, alpha_ci) = _intervals(samples, 3)
+  return PowerLaw(*best, E_ci, A_ci, alpha_ci, len(x), len(samples), irreducible)
+
+
+def _fit_pure(x, y, start=None):
+  """(0, A, alpha) of L = A x^-alpha, by linear regression of log L on log x."""
+  del start  # closed form
+  slope, intercept = np.polyfit(np.log(x), np.log(y), 1)
+  return 0.0, float(np.exp(intercept)), float(-slope)
+
+
+def _fit_with_floor(x, y, start=None):
+  """(E, A, alpha) of L = E + A x^-alpha by least squares on log L, or None if no start fits.
+
+  Parameters: E in [0, min L], log a and log alpha, with x centred on its geometric mean x0
+  (L = E + a (x / x0)^-alpha, A = a x0^alpha), which decouples a from alpha. Without `start`,
+  several starts are tried (E at 0, 50% and 90% of the smallest loss)."""
+  from scipy import optimize
+  log_x0 = np.log(x).mean()
+  u, log_y, top = np.log(x) - log_x0, np.log(y), y.min()
+
+  def residuals(p):
+    return np.log(p[0] + np.exp(p[1] - np.exp(p[2]) * u)) - log_y
+
+  def jacobian(p):
+    power = np.exp(p[1] - np.exp(p[2]) * u)
+    total = p[0] + power
+    return np.stack([1 / total, power / total, -np.exp(p[2]) * u * power / total], axis=1)
+
+  if start is None:
+    starts = [_floor_guess(u, y, fraction * top) for fraction in (0.0, 0.5, 0.9)]
+  else:
+    E, A, alpha = start
+    starts = [(min(E, 0.999 * top), np.log(A) - alpha * log_x0, np.log(alpha))]
+  bounds = ([0.0, -np.inf, np.log(1e-4)], [top, np.inf, np.log(10.0)])
+  best = None
+  for p0 in starts:
+    try:
+      result = optimize.least_squares(residuals, p0, jac=jacobian, bounds=bounds)
+    except (ValueError, FloatingPointError):
+      continue
+    if result.success and np.all(np.isfinite(result.x)) and (best is None
+                                                              or result.cost < best.cost):
+      best = result
+  if best is None:
+    return None
+  E, log_a, log_alpha = best.x
+  alpha = float(np.exp(log_alpha))
+  return float(E), float(np.exp(log_a + alpha * log_x0)), alpha
+
+
+def _floor_guess(u, y, E):
+  """A start (E, log a, log alpha): the pure power law fitted to L - E."""
+  slope, intercept = np.polyfit(u, np.log(y - E), 1)
+  return E, intercept, np.log(np.clip(-slope, 1e-3, 5.0))
+
+
+def _bootstrap(refit: Callable, groups: Sequence[np.ndarray], bootstrap: int,
+               seed: int) -> np.ndarray:
+  """The estimates of `refit(indices)` over `bootstrap` resamples drawn with replacement within
+  each group of indices, one row per resample; resamples where refit gives None are skipped."""
+  rng = np.random.default_rng(seed)
+  estimates = []
+  for _ in range(bootstrap):
+    indices = np.concatenate([rng.choice(group, size=len(group)) for group in groups])
+    estimate = refit(indices)
+    if estimate is not None:
+      estimates.append(estimate)
+  return np.array(estimates, float) if estimates else np.empty((0, 0))
+
+
+def _intervals(samples: np.ndarray, count: int) -> list[Interval]:
+  """95% percentile intervals of each column; (nan, nan) without samples."""
+  if len(samples) == 0:
+    return [(math.nan, math.nan)] * count
+  low, high = np.percentile(samples, [2.5, 97.5], axis=0)
+  return [(float(lo), float(hi)) for lo, hi in zip(low, high)]
+
+
+def compute_frontier(compute, loss) -> np.ndarray:
+  """Mask of the compute-efficient frontier: the points that no other point beats with no more
+  compute and a lower loss (of equal compute, the lower loss)."""
+  compute, loss = np.asarray(compute, float), np.asarray(loss, float)
+  mask = np.zeros(len(compute), bool)
+  lowest = np.inf
+  for i in np.lexsort((loss, compute)):  # by compute, then loss
+    if loss[i] < lowest:
+      mask[i], lowest = True, loss[i]
+  return mask
+
+
+# ---------------------------------------------------------------------------------------------
+# IsoFLOP profiles (Hoffmann et al. 2022, approach 2)
+
+@dataclasses.dataclass(frozen=True)
+class IsoFlopCurve:
+  """One budget: its points, the parabola L = c2 ln(N)^2 + c1 ln N + c0 and its minimum."""
+  budget: float
+  n: tuple[float, ...]
+  loss: tuple[float, ...]
+  coefficients: tuple[float, float, float] | None  # (c2, c1, c0); None below 3 sizes
+  n_opt: float | None  # None when unresolved
+  d_opt: float | None
+  unresolved: str  # why there is no N_opt ('' when there is one)
+
+
+@dataclasses.dataclass(frozen=True)
+class IsoFlopFit:
+  """Per-budget curves and, over the resolved budgets, N_opt = k C^a and D_opt = k' C^b."""
+  curves: tuple[IsoFlopCurve, ...]
+  n_opt: Allocation | None  # None below MIN_SIZES resolved budgets
+  d_opt: Allocation | None
+  tokens_from: str  # how D_opt was found from N_opt
+
+
+def fit_isoflop(budget, n, loss, flops_per_token=None, *, bootstrap: int = 1000,
+                seed: int = 0) -> IsoFlopFit:
+  """Per budget, N_opt at the minimum of a parabola of loss in ln N, D_opt = C / FLOPs per token
+  at N_opt (interpolated in ln N, or 6 N without `flops_per_token`); then N_opt = k C^a and
+  D_opt = k' C^b, with intervals from resampling the points within each budget."""
+  budget, n, loss = (np.asarray(v, float) for v in (budget, n, loss))
+  per_token, tokens_from = _per_token_flops(n, flops_per_token)
+  groups = [np.flatnonzero(budget == c) for c in np.unique(budget)]
+  curves = tuple(_isoflop_curve(budget[g[0]], n[g], loss[g], per_token) for g in groups)
+  resolved = [g for g, curve in zip(groups, curves) if curve.n_opt is not None]
+  if len(resolved) < MIN_SIZES:
+    return IsoFlopFit(curves, None, None, tokens_from)
+
+  def optima(indices):  # (C, N_opt, D_opt) per budget, or None if one is unresolved
+    rows = []
+    for c in np.unique(budget[indices]):
+      chosen = indices[budget[indices] == c]
+      curve = _isoflop_curve(c, n[chosen], loss[chosen], per_token)
+      if curve.n_opt is None:
+        return None
+      rows.append((c, curve.n_opt, curve.d_opt))
+    return np.array(rows).T
+
+  def laws(indices):
+    found = optima(indices)
+    return None if found is None else (*_log_linear(found[0], found[1]),
+                                       *_log_linear(found[0], found[2]))
+
+  estimate = laws(np.concatenate(resolved))
+  samples = _bootstrap(laws, resolved, bootstrap, seed)
+  k_ci, a_ci, kd_ci, b_ci = _intervals(samples, 4)
+  count, fitted = len(resolved), len(samples)
+  return IsoFlopFit(curves, Allocation('N_opt', *estimate[:2], k_ci, a_ci, count, fitted),
+                    Allocation('D_opt', *estimate[2:], kd_ci, b_ci, count, fitted), tokens_from)
+
+
+def _isoflop_curve(budget, n, loss, per_token: Callable) -> IsoFlopCurve:
+  """The parabola of one budget's loss in ln N and its minimum, if inside the sampled N."""
+  points = dict(budget=float(budget), n=tuple(map(float, n)), loss=tuple(map(float, loss)))
+  log_n = np.log(n)
+  if len(np.unique(log_n)) < 3:
+    return IsoFlopCurve(**points, coefficients=None, n_opt=None, d_opt=None,
+                        unresolved=f'{len(np.unique(log_n))} distinct sizes (a parabola needs 3)')
+  c2, c1, c0 = np.polyfit(log_n, loss, 2)
+  curve = dict(points, coefficients=(float(c2), float(c1), float(c0)))
+  if c2 <= 0:
+    return IsoFlopCurve(**curve, n_opt=None, d_opt=None, unresolved='the parabola has no minimum')
+  log_n_opt = -c1 / (2 * c2)
+  if not log_n.min() < log_n_opt < log_n.max():
+    side = 'below' if log_n_opt <= log_n.min() else 'above'
+    return IsoFlopCurve(**curve, n_opt=None, d_opt=None,
+                        unresolved=f'the minimum lies {side} the sampled sizes')
+  n_opt = float(np.exp(log_n_opt))
+  return IsoFlopCurve(**curve, n_opt=n_opt, d_opt=float(budget / per_token(n_opt)), unresolved='')
+
+
+def _per_token_flops(n, flops_per_token) -> tuple[Callable, str]:
+  """FLOPs per token as a function of N: interpolated in ln N from the points that have it,
+  else 6 N. Also says which."""
+  if flops_per_token is not None:
+    per_token = np.asarray(flops_per_token, float)
+    known = np.isfinite(per_token) & (per_token > 0)
+    sizes = np.unique(n[known])
+    if len(sizes) >= 2:
+      log_per_token = [np.log(per_token[known & (n == size)]).mean() for size in sizes]
+      return (lambda size: float(np.exp(np.interp(np.log(size), np.log(sizes), log_per_token))),
+              'flops_per_token interpolated in ln N')
+  return (lambda size: 6.0 * size), '6 N (no flops_per_token at two or more sizes)'
+
+
+def _log_linear(x, y) -> tuple[float, float]:
+  """(k, a) of y = k x^a, by linear regression in log-log."""
+  slope, intercept = np.polyfit(np.log(x), np.log(y), 1)
+  return float(np.exp(intercept)), float(slope)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a sweep's results.csv
+
+DEFAULT_METRIC = 'final_eval_loss'
+FALLBACK_METRIC = 'final_train_loss'  # used where a point has no evaluation loss
+BUDGET = 'sweep.flops_budget'  # the column of an IsoFLOP sweep
+REQUIRED_COLUMNS = ('status', 'params_non_embedding', 'total_flops')
+RESULT_COLUMNS = ('params', 'params_embedding', 'params_non_embedding', 'flops_per_token',
+                  'tokens', 'total_flops', 'steps', 'final_train_loss', 'final_eval_loss',
+                  'wall_seconds', 'error')
+
+
+class ResultsError(ValueError):
+  """A sweep directory or results.csv that cannot be read; the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Results:
+  """The finished points of a sweep that have a loss (as arrays) and the counts of all points."""
+  path: str  # results.csv
+  metric: str
+  swept: tuple[str, ...]  # the swept fields (sweep.json's, else every config column)
+  statuses: dict[str, int]  # points per status, all rows
+  values: tuple[dict[str, Any], ...]  # each used point's config columns (swept and derived)
+  n: np.ndarray  # non-embedding parameters
+  compute: np.ndarray  # total training FLOPs
+  loss: np.ndarray
+  per_token: np.ndarray  # FLOPs per token (nan where missing)
+  budget: np.ndarray  # the IsoFLOP budget (nan where none)
+  notes: tuple[str, ...]
+
+
+def read_results(directory: str, metric: str = DEFAULT_METRIC) -> Results:
+  """The points of DIR/results.csv; raises ResultsError naming what is missing."""
+  path = os.path.join(directory, 'results.csv')
+  if not os.path.isdir(directory):
+    raise ResultsError(f'{directory}: no such directory; expected a sweep directory '
+                       '(written by python -m transformer.sweep) holding results.csv')
+  if not os.path.isfile(path):
+    raise ResultsError(f'{directory} holds no results.csv; expected a finished sweep directory '
+                       '(python -m transformer.sweep --workdir=DIR writes it)')
+  with open(path, newline='') as f:
+    reader = csv.DictReader(f, restval='')
+    rows, header = list(reader), reader.fieldnames or []
+  if not header:
+    raise ResultsError(f'{path} is empty; expected a header row and one row per sweep point')
+  _check_columns(path, header, rows, metric)
+  statuses = dict(collections.Counter(row['status'] for row in rows))
+  swept, configured = _swept_fields(directory, header)
+  finished = [row for row in rows if row['status'] == 'finished']
+  losses, notes = _losses(finished, metric)
+  number = lambda row, key: _float(row.get(key, ''))
+  positive = lambda value: math.isfinite(value) and value > 0
+  used = [(row, loss) for row, loss in zip(finished, losses) if positive(loss) and
+          positive(number(row, 'params_non_embedding')) and positive(number(row, 'total_flops'))]
+  if len(used) < len(finished):
+    notes.append(f'{len(finished) - len(used)} finished point(s) without a finite, positive '
+                 f'{metric}, params_non_embedding or total_flops were left out')
+  column = lambda key: np.array([number(row, key) for row, _ in used], float)
+  return Results(
+      path=path, metric=metric, swept=tuple(swept), statuses=statuses,
+      values=tuple({f: _cell(row[f]) for f in configured if row[f] != ''} for row, _ in used),
+      n=column('params_non_embedding'), compute=column('total_flops'),
+      loss=np.array([loss for _, loss in used], float),
+      per_token=column('flops_per_token'), budget=column(BUDGET), notes=tuple(notes))
+
+
+def _check_columns(path: str, header: list[str], rows: list[dict], metric: str):
+  missing = [c for c in ('id', *REQUIRED_COLUMNS) if c not in header]
+  if missing:
+    raise ResultsError(f'{path} lacks the column(s) {", ".join(missing)}; expected the table of '
+                       'python -m transformer.sweep (id, status, swept fields, params, ..., '
+                       'total_flops, final_train_loss, final_eval_loss)')
+  end = next(i for i, c in enumerate(header) if c in RESULT_COLUMNS)
+  metrics = [c for c in header[end:] if c != 'error']
+  if metric not in metrics:
+    raise ResultsError(f'--metric={metric} is not a result column of {path}; expected one of '
+                       f'{", ".join(metrics)}')
+  texts = [row[metric] for row in rows if row['status'] == 'finished' and row[metric] != '']
+  words = [t for t in texts if isinstance(_cell(t), str)]
+  if words:
+    raise ResultsError(f'--metric={metric} holds non-numeric values (e.g. {words[0]!r}); '
+                       f'expected a loss column such as {DEFAULT_METRIC}')
+
+
+def _swept_fields(directory: str, header: list[str]) -> tuple[list[str], list[str]]:
+  """The swept fields (sweep.json's, else all config columns) and the config columns: those
+  between status and the results (swept and derived fields)."""
+  end = next((i for i, c in enumerate(header) if c in RESULT_COLUMNS), len(header))
+  configured = header[header.index('status') + 1:end]
+  try:
+    with open(os.path.join(directory, 'sweep.json')) as f:
+      fields = json.load(f)['fields']
+    if fields and all(field in header for field in fields):
+      return list(fields), list(dict.fromkeys(configured + fields))
+  except (OSError, ValueError, KeyError, TypeError):
+    pass
+  return configured, configured
+
+
+def _losses(rows: list[dict], metric: str) -> tuple[list[float], list[str]]:
+  """Each row's loss (nan where missing): the metric, or the train loss where eval is missing."""
+  losses = [_float(row[metric]) for row in rows]
+  notes = []
+  if metric == DEFAULT_METRIC:
+    fallback = [_float(row.get(FALLBACK_METRIC, '')) for row in rows]
+    fallen = [i for i, loss in enumerate(losses)
+              if not math.isfinite(loss) and math.isfinite(fallback[i])]
+    for i in fallen:
+      losses[i] = fallback[i]
+    if fallen:
+      notes.append(f'{len(fallen)} point(s) have no {DEFAULT_METRIC}: their {FALLBACK_METRIC} '
+                   'is used')
+  return losses, notes
+
+
+def _float(text: str) -> float:
+  try:
+    return float(text)
+  except (TypeError, ValueError):
+    return math.nan
+
+
+def _cell(text: str) -> Any:
+  """A CSV cell as an int, a float, or the text itself."""
+  for kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      pass
+  return text
+
+
+# ---------------------------------------------------------------------------------------------
+# The analysis of a sweep: fits, report, plots
+
+KAPLAN = dict(alpha_N=0.076, alpha_C=0.050)  # Kaplan et al. 2020 (N: non-embedding parameters)
+HOFFMANN = dict(a=0.50, b=0.50)  # Hoffmann et al. 2022: N_opt ~ C^a, D_opt ~ C^b
+HEATMAPS = (('model.num_heads', 'model.num_layers'), ('model.num_layers', 'model.d_model'))
+
+
+def analyze(results: Results, bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+  """Every fit the results allow: L(N), L(C), IsoFLOP, loss grids; skipped fits say why."""
+  sizes = np.unique(results.n)
+  lowest = np.array([results.loss[results.n == size].min() for size in sizes])
+  frontier = compute_frontier(results.compute, results.loss)
+  in_budget = np.isfinite(results.budget)
+  isoflop = None
+  if in_budget.any():
+    isoflop = fit_isoflop(results.budget[in_budget], results.n[in_budget],
+                          results.loss[in_budget], results.per_token[in_budget],
+                          bootstrap=bootstrap, seed=seed)
+  grids = [loss_grid(results, *fields) for fields in HEATMAPS]
+  return dict(
+      params=dict(x=sizes, loss=lowest, **_law_fits(sizes, lowest, bootstrap, seed)),
+      compute=dict(frontier=frontier, **_law_fits(results.compute[frontier],
+                                                  results.loss[frontier], bootstrap, seed)),
+      isoflop=isoflop, grids=[grid for grid in grids if grid is not None])
+
+
+def _law_fits(x, loss, bootstrap: int, seed: int) -> dict[str, dict]:
+  """The pure and the irreducible power law of loss against x, or why each was skipped."""
+  fits, skipped = {}, {}
+  distinct = len(np.unique(x))
+  for name, needed in (('pure', MIN_SIZES), ('irreducible', MIN_SIZES_IRREDUCIBLE)):
+    if distinct < needed:
+      skipped[name] = f'{distinct} distinct value(s), {needed} needed'
+      continue
+    try:
+      fits[name] = fit_power_law(x, loss, irreducible=name == 'irreducible',
+                                 bootstrap=bootstrap, seed=seed)
+    except ValueError as e:
+      skipped[name] = str(e)
+  return dict(fits=fits, skipped=skipped)
+
+
+def loss_grid(results: Results, row_field: str, column_field: str) -> dict | None:
+  """The lowest loss in each (row value, column value) cell when both fields vary, and the
+  swept fields that vary within a cell (those the minimum is taken over)."""
+  cells = collections.defaultdict(list)
+  for values, loss in zip(results.values, results.loss):
+    if row_field in values and column_field in values:
+      cells[values[row_field], values[column_field]].append((loss, values))
+  order = lambda v: (isinstance(v, str), v)
+  rows = sorted({r for r, _ in cells}, key=order)
+  columns = sorted({c for _, c in cells}, key=order)
+  if len(rows) < 2 or len(columns) < 2:
+    return None
+  grid = np.full((len(rows), len(columns)), np.nan)
+  for (r, c), entries in cells.items():
+    grid[rows.index(r), columns.index(c)] = min(loss for loss, _ in entries)
+  varying = [f for f in results.swept if f not in (row_field, column_field) and any(
+      len({repr(values.get(f)) for _, values in entries}) > 1 for entries in cells.values())]
+  return dict(rows=row_field, columns=column_field, row_values=rows, column_values=columns,
+              loss=grid, minimum_over=varying,
+              per_cell=max(len(entries) for entries in cells.values()))
+
+
+def notes(results: Results, analysis: dict) -> list[str]:
+  """What was left out or skipped, and why."""
+  lines = list(results.notes)
+  for key, what in (('params', 'L(N)'), ('compute', 'L(C)')):
+    for name, reason in analysis[key]['skipped'].items():
+      form = 'pure power law' if name == 'pure' else 'power law with irreducible loss'
+      lines.append(f'{what}, {form}: skipped ({reason})')
+  isoflop = analysis['isoflop']
+  if isoflop is not None:
+    for curve in isoflop.curves:
+      if curve.unresolved:
+        lines.append(f'IsoFLOP budget {curve.budget:.3g}: unresolved ({curve.unresolved})')
+    if isoflop.n_opt is None:
+      resolved = sum(curve.n_opt is not None for curve in isoflop.curves)
+      lines.append(f'IsoFLOP exponents: skipped ({resolved} resolved budget(s), {MIN_SIZES} '
+                   'needed)')
+  for grid in analysis['grids']:
+    if grid['per_cell'] > 1:
+      over = ', '.join(grid['minimum_over']) or 'repeated points'
+      lines.append(f'heatmap {grid["rows"]} x {grid["columns"]}: the lowest loss per cell '
+                   f'(minimum over {over})')
+  return lines
+
+
+def _interval(value: float, interval: Interval, digits: int = 3) -> str:
+  low, high = interval
+  if not (math.isfinite(low) and math.isfinite(high)):
+    return f'{value:.{digits}g} [no interval]'
+  return f'{value:.{digits}g} [{low:.{digits}g}, {high:.{digits}g}]'
+
+
+def _law_lines(fits: dict[str, PowerLaw], x: str, bootstrap: int) -> list[str]:
+  """One bullet per fitted power law: formula, values and 95% intervals."""
+  lines = []
+  for fit in fits.values():
+    values = [('E', fit.E, fit.E_ci)] if fit.irreducible else []
+    values += [('A', fit.A, fit.A_ci), ('alpha', fit.alpha, fit.alpha_ci)]
+    shown = ', '.join(f'{name} = {_interval(value, ci)}' for name, value, ci in values)
+    form = 'with irreducible loss' if fit.irreducible else 'pure power law'
+    lines.append(f'- {form} `{fit.formula(x)}`: {shown} ({fit.points} points; '
+                 f'{fit.resamples} of {bootstrap} resamples fitted)')
+  return lines or ['- no fit (see the notes)']
+
+
+def _isoflop_lines(isoflop: IsoFlopFit | None, bootstrap: int) -> list[str]:
+  """The IsoFLOP section of the report: a table of budgets, then the fitted exponents."""
+  lines = ['## IsoFLOP profiles (Hoffmann et al. 2022, approach 2)', '']
+  if isoflop is None:
+    return lines + [f'Not an IsoFLOP sweep: no `{BUDGET}` column with values.', '']
+  lines += ['Per budget C, a parabola of the loss in ln N; its minimum, when inside the sampled '
+            'sizes, is N_opt(C). D_opt(C) = C / (FLOPs per token at N_opt), FLOPs per token '
+            f'from {isoflop.tokens_from}.', '',
+            '| budget C (FLOPs) | points | N_opt | D_opt (tokens) | |',
+            '| --- | --- | --- | --- | --- |']
+  for curve in isoflop.curves:
+    found = curve.n_opt is not None
+    lines.append(f'| {curve.budget:.3g} | {len(curve.n)} | '
+                 f'{format_count(curve.n_opt) if found else "-"} | '
+                 f'{format_count(curve.d_opt) if found else "-"} | '
+                 f'{"" if found else "unresolved: " + curve.unresolved} |')
+  lines.append('')
+  for law, exponent in ((isoflop.n_opt, 'a'), (isoflop.d_opt, 'b')):
+    if law is not None:
+      coefficient = 'k' if exponent == 'a' else "k'"
+      lines.append(f'- `{law.formula()}`: {exponent} = {_interval(law.a, law.a_ci)}, '
+                   f'{coefficient} = {_interval(law.k, law.k_ci)} ({law.points} budgets; '
+                   f'{law.resamples} of {bootstrap} resamples fitted)')
+  if isoflop.n_opt is None:
+    lines.append('- no fit of N_opt(C), D_opt(C) (see the notes)')
+  lines.append(f'- Hoffmann et al. (2022): N_opt ~ C^{HOFFMANN["a"]:.2f}, '
+               f'D_opt ~ C^{HOFFMANN["b"]:.2f}')
+  return lines + ['']
+
+
+def report(results: Results, analysis: dict, plots: list[tuple[str, str]], bootstrap: int) -> str:
+  """report.md: the points, each fit with its 95% intervals and references, plots, notes."""
+  statuses = ', '.join(f'{count} {status}' for status, count in sorted(results.statuses.items()))
+  metric = f'`{results.metric}`' + (f' (`{FALLBACK_METRIC}` where a point has none)'
+                                    if results.metric == DEFAULT_METRIC else '')
+  frontier = int(analysis['compute']['frontier'].sum())
+  lines = [
+      f'# Scaling laws of {os.path.basename(os.path.dirname(os.path.abspath(results.path)))}', '',
+      f'- results: `{results.path}`', f'- loss: {metric}',
+      f'- points: {sum(results.statuses.values())} ({statuses or "none"}); '
+      f'{len(results.loss)} finished with a loss are used',
+      '- intervals: 95% bootstrap percentile intervals (points resampled with replacement)', '',
+      '## Loss against non-embedding parameters, L(N)', '',
+      f'Fitted to the lowest loss at each of the {len(analysis["params"]["x"])} distinct sizes N '
+      '(non-embedding parameters), the best over the other swept fields.', '',
+      *_law_lines(analysis['params']['fits'], 'N', bootstrap),
+      f'- Kaplan et al. (2020): alpha_N ~ {KAPLAN["alpha_N"]:.3f} over non-embedding '
+      'parameters', '',
+      '## Loss against compute, L(C)', '',
+      f'Fitted on the compute-efficient frontier: {frontier} of {len(results.loss)} points, those '
+      'not dominated by a point with less (or equal) compute and a lower loss. C is a run\'s '
+      'training FLOPs (`total_flops`).', '',
+      *_law_lines(analysis['compute']['fits'], 'C', bootstrap),
+      f'- Kaplan et al. (2020): alpha_C ~ {KAPLAN["alpha_C"]:.3f} (compute-efficient frontier)', '',
+      *_isoflop_lines(analysis['isoflop'], bootstrap),
+      '## Plots', '', *([f'- `{name}`: {what}' for name, what in plots] or ['- none']), '',
+      '## Notes', '', *([f'- {line}' for line in notes(results, analysis)] or ['- none'])]
+  return '\n'.join(lines) + '\n'
+
+
+def fits_json(results: Results, analysis: dict, plots: list[tuple[str, str]]) -> dict:
+  """fits.json: the numbers of the report."""
+  def laws(section, x):
+    return dict({name: dict(_jsonable(fit), formula=fit.formula(x))
+                 for name, fit in section['fits'].items()}, skipped=section['skipped'])
+
+  isoflop = analysis['isoflop']
+  if isoflop is not None:
+    isoflop = dict(_jsonable(isoflop), **{f'{law.name}_formula': law.formula() for law in
+                                          (isoflop.n_opt, isoflop.d_opt) if law is not None})
+  return _jsonable(dict(
+      results=results.path, metric=results.metric,
+      points=dict(results.statuses, used=len(results.loss)),
+      loss_vs_params=dict(n=analysis['params']['x'], loss=analysis['params']['loss'],
+                          **laws(analysis['params'], 'N')),
+      loss_vs_compute=dict(frontier_points=int(analysis['compute']['frontier'].sum()),
+                           **laws(analysis['compute'], 'C')),
+      isoflop=isoflop, heatmaps=analysis['grids'],
+      references=dict(kaplan_2020=KAPLAN, hoffmann_2022=HOFFMANN),
+      plots=[name for name, _ in plots], notes=notes(results, analysis)))
+
+
+def _jsonable(value):
+  """Dataclasses, numpy values and tuples as JSON values; nan and inf as null."""
+  if dataclasses.is_dataclass(value):
+    return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+  if isinstance(value, dict):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple, np.ndarray)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, (bool, np.bool_)):
+    return bool(value)
+  if isinstance(value, (int, np.integer)):
+    return int(value)
+  if isinstance(value, (float, np.floating)):
+    return float(value) if math.isfinite(value) else None
+  return value
+
+
+def _law_curves(fits: dict[str, PowerLaw], x: str) -> list[tuple[str, Callable]]:
+  return [(f'{fit.formula(x)}, alpha 95% CI [{fit.alpha_ci[0]:.3g}, {fit.alpha_ci[1]:.3g}]', fit)
+          for fit in fits.values()]
+
+
+def write_plots(results: Results, analysis: dict, out: str) -> list[tuple[str, str]]:
+  """The plots the data allow, as PNGs in `out`; returns (file name, description) pairs."""
+  plots = []
+  if not len(results.loss):
+    return plots
+  params, compute, isoflop = analysis['params'], analysis['compute'], analysis['isoflop']
+  frontier = compute['frontier']
+  figures.plot_power_law(
+      params['x'], params['loss'], _law_curves(params['fits'], 'N'),
+      os.path.join(out, 'loss_vs_params.png'), xlabel='non-embedding parameters N',
+      ylabel=results.metric, title='Loss against non-embedding parameters (lowest per size)',
+      others=(results.n, results.loss))
+  plots.append(('loss_vs_params.png', 'loss against non-embedding parameters, with L(N)'))
+  figures.plot_power_law(
+      results.compute[frontier], results.loss[frontier], _law_curves(compute['fits'], 'C'),
+      os.path.join(out, 'loss_vs_compute.png'), xlabel='compute C (training FLOPs)',
+      ylabel=results.metric, title='Loss against compute (fit on the compute-efficient frontier)',
+      others=(results.compute[~frontier], results.loss[~frontier]))
+  plots.append(('loss_vs_compute.png', 'loss against compute, with L(C) on the frontier'))
+  if isoflop is not None:
+    plots += _isoflop_plots(isoflop, results.metric, out)
+  for grid in analysis['grids']:
+    plots.append(_heatmap(grid, results.metric, out))
+  return plots
+
+
+def _isoflop_plots(isoflop: IsoFlopFit, metric: str, out: str) -> list[tuple[str, str]]:
+  figures.plot_isoflop_curves(isoflop.curves, os.path.join(out, 'isoflop_curves.png'),
+                          ylabel=metric, title='IsoFLOP profiles: loss against N per budget')
+  plots = [('isoflop_curves.png', 'IsoFLOP profiles with their parabolas and minima')]
+  found = [curve for curve in isoflop.curves if curve.n_opt is not None]
+  if found:
+    laws = [None if law is None else (f'{law.formula()}, exponent 95% CI '
+                                      f'[{law.a_ci[0]:.3g}, {law.a_ci[1]:.3g}]', law)
+            for law in (isoflop.n_opt, isoflop.d_opt)]
+    figures.plot_compute_optimal([c.budget for c in found], [c.n_opt for c in found],
+                             [c.d_opt for c in found], laws,
+                             os.path.join(out, 'isoflop_optimal.png'),
+                             title='Compute-optimal allocation (IsoFLOP minima)')
+    plots.append(('isoflop_optimal.png', 'N_opt(C) and D_opt(C) with their power laws'))
+  return plots
+
+
+def _heatmap(grid: dict, metric: str, out: str) -> tuple[str, str]:
+  short = lambda field: field.split('.')[-1]
+  name = f'heatmap_{short(grid["rows"])}_{short(grid["columns"])}.png'
+  title = f'{metric} over {short(grid["rows"])} x {short(grid["columns"])}'
+  if grid['per_cell'] > 1:
+    over = ', '.join(short(f) for f in grid['minimum_over']) or 'repeated points'
+    title += f'\n(lowest per cell, minimum over {over})'
+  figures.plot_loss_heatmap(grid['loss'], grid['row_values'], grid['column_values'],
+                        os.path.join(out, name), row_label=grid['rows'],
+                        column_label=grid['columns'], title=title, colorbar_label=metric)
+  return name, f'{metric} over {grid["rows"]} x {grid["columns"]}'
+
+
+def summary(results: Results, analysis: dict) -> list[str]:
+  """The fitted exponents with their intervals, one line each, for the terminal."""
+  counts = ', '.join(f'{count} {status}' for status, count in sorted(results.statuses.items()))
+  lines = [f'{len(results.loss)} points used ({counts or "no points"}), loss {results.metric}']
+  for key, name, reference in (('params', 'alpha_N', KAPLAN['alpha_N']),
+                               ('compute', 'alpha_C', KAPLAN['alpha_C'])):
+    fit = analysis[key]['fits'].get('pure')
+    if fit is not None:
+      lines.append(f'{name} = {_interval(fit.alpha, fit.alpha_ci)} (pure power law, '
+                   f'{fit.points} points; Kaplan et al. 2020: {reference:.3f})')
+    else:
+      lines.append(f'{name}: skipped ({analysis[key]["skipped"]["pure"]})')
+  isoflop = analysis['isoflop']
+  if isoflop is not None and isoflop.n_opt is not None:
+    lines.append(f'IsoFLOP: N_opt ~ C^{_interval(isoflop.n_opt.a, isoflop.n_opt.a_ci)}, '
+                 f'D_opt ~ C^{_interval(isoflop.d_opt.a, isoflop.d_opt.a_ci)} '
+                 f'({isoflop.n_opt.points} budgets; Hoffmann et al. 2022: 0.50, 0.50)')
+  elif isoflop is not None:
+    lines.append('IsoFLOP: exponents skipped (see the report\'s notes)')
+  return lines
+
+
+def analyze_sweep(directory: str, metric: str = DEFAULT_METRIC, bootstrap: int = 1000,
+                  seed: int = 0) -> tuple[str, list[str]]:
+  """Fits and plots DIR/results.csv into DIR/scaling/; returns the report's path and a summary."""
+  results = read_results(directory, metric)
+  analysis = analyze(results, bootstrap, seed)
+  out = os.path.join(directory, 'scaling')
+  os.makedirs(out, exist_ok=True)
+  plots = write_plots(results, analysis, out)
+  files.atomic_write(os.path.join(out, 'fits.json'),
+                     json.dumps(fits_json(results, analysis, plots), indent=2))
+  path = os.path.join(out, 'report.md')
+  files.atomic_write(path, report(results, analysis, plots, bootstrap))
+  return path, summary(results, analysis)

@@ -1,0 +1,364 @@
+"""Every figure the project draws, as PNG files: a run's loss curve, loss curves of many runs,
+scaling laws, heatmaps, attention maps, positional encodings and activation functions.
+
+Each function takes numbers (computed elsewhere: transformer/inference/inspect.py for a trained
+run, transformer/analysis/scaling.py for a sweep) and a path; matplotlib is imported where a
+figure is drawn, with the Agg backend (no display needed).
+"""
+
+import math
+import os
+from typing import Callable, Sequence
+
+import numpy as np
+
+MAX_LABELLED_TOKENS = 48  # longer sequences get index ticks: their labels would not be legible
+
+
+def series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+  """(steps, values) of the records that hold a number under `key`."""
+  points = [(r['step'], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+  return np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
+
+
+def plot_loss_curve(records: list[dict], path: str, title: str = ''):
+  """Training loss (and evaluation loss, where recorded) against step, as a PNG."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+  for key, label, style in (('loss', 'train loss', '-'), ('eval_loss', 'eval loss', 'o-')):
+    steps, values = series(records, key)
+    if len(steps):
+      ax.plot(steps, values, style, label=label, markersize=4)
+  ax.set_xlabel('step')
+  ax.set_ylabel('loss (nats per token)')
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def _pyplot():
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def _save(fig, ax, path: str):
+  """Grid, legend, layout, PNG; the figure is closed."""
+  ax.grid(alpha=0.3, which='both')
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path)
+  _pyplot().close(fig)
+
+
+def _plain_log_ticks(axis):
+  """Tick labels as plain numbers on a log axis spanning less than a decade (losses)."""
+  from matplotlib import ticker
+  axis.set_major_formatter(ticker.FormatStrFormatter('%.3g'))
+  axis.set_minor_formatter(ticker.FormatStrFormatter('%.3g'))
+
+
+def plot_power_law(x, loss, curves, path: str, *, xlabel: str, ylabel: str, title: str,
+                   others=None):
+  """Loss against x on log-log axes: the fitted points, `others` (x, loss) in grey, and each
+  (label, function) in `curves` drawn over the range of the points."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+  if others is not None and len(others[0]):
+    ax.plot(others[0], others[1], 'o', color='0.75', markersize=4, label='other points')
+  ax.plot(x, loss, 'o', color='C0', markersize=5, label='fitted points')
+  everything = np.concatenate([np.asarray(x, float)] + ([np.asarray(others[0], float)]
+                                                          if others is not None else []))
+  grid = np.geomspace(everything.min() / 1.5, everything.max() * 1.5, 200)
+  for (label, function), style in zip(curves, ('-', '--', ':')):
+    ax.plot(grid, function(grid), style, color='C3', label=label)
+  ax.set_xscale('log')
+  ax.set_yscale('log')
+  _plain_log_ticks(ax.yaxis)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  _save(fig, ax, path)
+
+
+def plot_isoflop_curves(curves, path: str, *, ylabel: str, title: str):
+  """Loss against N for each budget, with its parabola in ln N and its minimum. `curves`: objects
+  with budget, n, loss, coefficients ((c2, c1, c0) or None) and n_opt (or None)."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+  colors = plt.get_cmap('viridis')(np.linspace(0, 0.9, max(len(curves), 1)))
+  for curve, color in zip(curves, colors):
+    ax.plot(curve.n, curve.loss, 'o', color=color, markersize=4, label=f'C = {curve.budget:.2g}')
+    if curve.coefficients is not None:
+      log_n = np.linspace(math.log(min(curve.n)), math.log(max(curve.n)), 100)
+      ax.plot(np.exp(log_n), np.polyval(curve.coefficients, log_n), '-', color=color, alpha=0.7)
+    if curve.n_opt is not None:
+      ax.plot([curve.n_opt], [np.polyval(curve.coefficients, math.log(curve.n_opt))], '*',
+              color=color, markersize=12, markeredgecolor='k')
+  ax.plot([], [], '*', color='w', markeredgecolor='k', markersize=10, label='minimum: N_opt')
+  ax.set_xscale('log')
+  ax.set_xlabel('non-embedding parameters N')
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  _save(fig, ax, path)
+
+
+def plot_compute_optimal(budget, n_opt, d_opt, laws, path: str, *, title: str):
+  """N_opt(C) and D_opt(C) side by side on log-log axes; `laws` holds one (label, function) or
+  None for each."""
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=120)
+  grid = np.geomspace(min(budget) / 2, max(budget) * 2, 100)
+  for ax, values, law, name in zip(axes, (n_opt, d_opt), laws,
+                                    ('N_opt (non-embedding parameters)', 'D_opt (tokens)')):
+    ax.plot(budget, values, 'o', color='C0', markersize=6, label='IsoFLOP minima')
+    if law is not None:
+      ax.plot(grid, law[1](grid), '-', color='C3', label=law[0])
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.set_xlabel('compute C (training FLOPs)')
+    ax.set_ylabel(name)
+    ax.set_title(name.split(' ')[0] + '(C)')
+    ax.grid(alpha=0.3, which='both')
+    ax.legend(fontsize=8)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def plot_loss_heatmap(loss_RxC, row_values, column_values, path: str, *, row_label: str,
+                      column_label: str, title: str, colorbar_label: str):
+  """A grid of losses (rows x columns, nan where no point), each cell annotated."""
+  plt = _pyplot()
+  rows, columns = len(row_values), len(column_values)
+  fig, ax = plt.subplots(figsize=(1.1 * columns + 3, 0.6 * rows + 2.2), dpi=120)
+  image = ax.imshow(np.ma.masked_invalid(loss_RxC), cmap='viridis_r', aspect='auto')
+  low, high = np.nanmin(loss_RxC), np.nanmax(loss_RxC)
+  for r in range(rows):
+    for c in range(columns):
+      value = loss_RxC[r][c]
+      dark = high > low and (value - low) / (high - low) > 0.5
+      ax.text(c, r, '-' if math.isnan(value) else f'{value:.3f}', ha='center', va='center',
+              fontsize=9, color='white' if dark else 'black')
+  ax.set_xticks(range(columns), [str(v) for v in column_values])
+  ax.set_yticks(range(rows), [str(v) for v in row_values])
+  ax.set_xlabel(column_label)
+  ax.set_ylabel(row_label)
+  ax.set_title(title, fontsize=10)
+  fig.colorbar(image, ax=ax, label=colorbar_label)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+# --- attention maps ------------------------------------------------------------------------------
+
+def plot_attention(weights_LxNxTxS: np.ndarray, path: str, *,
+                   query_labels: Sequence[str] | None = None,
+                   key_labels: Sequence[str] | None = None, title: str = ''):
+  """A grid of heatmaps, rows layers and columns heads ('layer i, head h'), of the weights of
+  each query (row) over the keys (columns), all on one colour scale [0, 1] (square root, so
+  that small weights show). Token labels go on the axes when both lengths are at most
+  MAX_LABELLED_TOKENS, token indices otherwise."""
+  plt = _pyplot()
+  from matplotlib import colors
+  L, N, T, S = weights_LxNxTxS.shape
+  labelled = (query_labels is not None and key_labels is not None
+              and max(T, S) <= MAX_LABELLED_TOKENS)
+  cell = float(np.clip(0.14 * max(T, S), 2.2, 6.0)) if labelled else 2.4
+  cell = min(cell, 40 / N, 40 / L)  # keep a deep, wide model's PNG under ~5000 pixels a side
+  fig, axes = plt.subplots(L, N, figsize=(cell * N + 1.5, cell * L + 1.0), dpi=120,
+                           squeeze=False, layout='constrained')
+  fontsize = min(8.0, 0.75 * 72 * cell / max(T, S))
+  norm = colors.PowerNorm(gamma=0.5, vmin=0.0, vmax=1.0)  # small weights stay visible
+  for layer in range(L):
+    for head in range(N):
+      ax = axes[layer, head]
+      image = ax.imshow(weights_LxNxTxS[layer, head], cmap='viridis', norm=norm,
+                        interpolation='nearest')
+      ax.set_title(f'layer {layer}, head {head}', fontsize=9)
+      if labelled:
+        ax.set_xticks(range(S), key_labels, rotation=90, fontsize=fontsize)
+        ax.set_yticks(range(T), query_labels, fontsize=fontsize)
+      else:
+        ax.tick_params(labelsize=7)
+      if layer == L - 1:
+        ax.set_xlabel('key', fontsize=8)
+      if head == 0:
+        ax.set_ylabel('query', fontsize=8)
+  fig.colorbar(image, ax=axes, shrink=min(1.0, 0.6 + 0.2 * L),
+               label='attention weight (square-root scale)')
+  fig.suptitle(title)
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def plot_attention_maps(maps: dict[str, np.ndarray], directory: str,
+                        labels: Sequence[str] | None = None,
+                        target_labels: Sequence[str] | None = None,
+                        title: str = '') -> list[str]:
+  """One PNG per entry of `attention_maps` (attention_STACK_KIND.png in `directory`); `labels`
+  name the tokens, `target_labels` those of an encoder-decoder's decoder. Returns the paths."""
+  os.makedirs(directory, exist_ok=True)
+  decoder_labels = target_labels if target_labels is not None else labels
+  paths = []
+  for name, weights_LxNxTxS in maps.items():
+    stack, kind = name.split('/')
+    query_labels = decoder_labels if stack == 'decoder' else labels
+    paths.append(os.path.join(directory, f'attention_{stack}_{kind}.png'))
+    plot_attention(weights_LxNxTxS, paths[-1], query_labels=query_labels,
+                   key_labels=labels if kind == 'cross' else query_labels,
+                   title=f'{stack} {kind}-attention' + (f': {title}' if title else ''))
+  return paths
+
+
+# --- positional encodings ------------------------------------------------------------------------
+
+
+def cosine_similarity(table_PxD: np.ndarray) -> np.ndarray:
+  """(P, P): the cosine of the angle between every two position vectors."""
+  table_PxD = np.asarray(table_PxD, np.float64)
+  unit_PxD = table_PxD / np.maximum(np.linalg.norm(table_PxD, axis=-1, keepdims=True), 1e-12)
+  return unit_PxD @ unit_PxD.T
+
+
+def plot_sinusoidal(pe_PxD: np.ndarray, path: str, dims: Sequence[int] | None = None):
+  """Left: PE(pos, i) as a heatmap, position x dimension. Right: PE(pos, i) against position
+  for a few dimensions i, whose wavelengths 2 pi 10000^(2 floor(i/2) / d) span the range (by
+  default from ~11 positions up, so that integer positions draw them smoothly, and one sin/cos
+  pair)."""
+  plt = _pyplot()
+  d_model = pe_PxD.shape[1]
+  if dims is None:
+    eighth = 2 * (d_model // 16)
+    dims = sorted({2 * (d_model // 32), eighth, eighth + 1, 2 * (d_model // 8),
+                   2 * (d_model // 4)})
+  fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), dpi=120,
+                                    gridspec_kw={'width_ratios': [1, 1.2]})
+  image = left.imshow(pe_PxD, cmap='RdBu_r', vmin=-1, vmax=1, aspect='auto',
+                      interpolation='nearest')
+  left.set_xlabel('dimension i (even: sin, odd: cos)')
+  left.set_ylabel('position')
+  left.set_title(f'sinusoidal encoding PE(pos, i), d_model = {d_model}')
+  fig.colorbar(image, ax=left)
+  for i in dims:
+    wavelength = 2 * math.pi * 10000 ** (2 * (i // 2) / d_model)
+    right.plot(pe_PxD[:, i], label=f'i = {i} ({"sin" if i % 2 == 0 else "cos"}, '
+                                   f'wavelength {wavelength:.3g})')
+  right.set_xlabel('position')
+  right.set_ylabel('PE(pos, i)')
+  right.set_title('PE(pos, i) against position')
+  right.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0))
+  right.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def plot_position_similarity(tables: dict[str, np.ndarray], path: str, title: str = '',
+                             boundary: int | None = None):
+  """The cosine similarity of every two positions, one heatmap per table (name -> (P, D)), and
+  beside them its mean over pairs at each offset |i - j| (for sinusoids it depends on the
+  offset alone). `boundary`: dashed lines at that position, e.g. the training length, past
+  which a learned table was never trained."""
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, len(tables) + 1, figsize=(5 * len(tables) + 5.5, 4.6), dpi=120,
+                           squeeze=False)
+  for ax, (name, table_PxD) in zip(axes[0], tables.items()):
+    similarity_PxP = cosine_similarity(table_PxD)
+    image = ax.imshow(similarity_PxP, cmap='RdBu_r', vmin=-1, vmax=1, interpolation='nearest')
+    ax.set_xlabel('position j')
+    ax.set_ylabel('position i')
+    ax.set_title(f'{name}: cos(p_i, p_j)', fontsize=10)
+    fig.colorbar(image, ax=ax, shrink=0.85)
+    P = len(similarity_PxP)
+    if boundary is not None and boundary < P:
+      ax.axhline(boundary - 0.5, color='k', linestyle='--', linewidth=0.8)
+      ax.axvline(boundary - 0.5, color='k', linestyle='--', linewidth=0.8)
+    axes[0, -1].plot([np.diagonal(similarity_PxP, k).mean() for k in range(P)], label=name)
+  axes[0, -1].set_xlabel('offset |i - j|')
+  axes[0, -1].set_ylabel('mean cosine similarity')
+  axes[0, -1].set_title('similarity against offset', fontsize=10)
+  axes[0, -1].grid(alpha=0.3)
+  axes[0, -1].legend(fontsize=8)
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+# --- activation functions ------------------------------------------------------------------------
+
+ACTIVATION_LABELS = {
+    'relu': 'ReLU max(0, x)',
+    'gelu': 'GELU x Φ(x) (exact, erf)',
+    'gelu_tanh': 'GELU, tanh approximation',
+    'silu': 'SiLU x σ(x) (Marian\'s swish; the gate of SwiGLU)',
+}
+
+
+def plot_activations(x_X: np.ndarray, curves: dict[str, tuple[np.ndarray, np.ndarray]],
+                     path: str):
+  """The activations (left) and their derivatives (right) at x: `curves` maps a name of
+  model.activation to (f(x), f'(x))."""
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), dpi=120)
+  for name, (f_X, grad_X) in curves.items():
+    if name == 'swiglu':  # its gate is SiLU, drawn once
+      continue
+    label = ACTIVATION_LABELS.get(name, name)
+    if name == 'gelu_tanh':  # drawn dashed: it lies on the exact GELU
+      label += f' (at most {np.abs(f_X - curves["gelu"][0]).max():.1e} from it)'
+    style = '--' if name == 'gelu_tanh' else '-'
+    axes[0].plot(x_X, f_X, style, label=label)
+    axes[1].plot(x_X, grad_X, style, label=label)
+  for ax, ylabel in zip(axes, ('f(x)', "f'(x) (jax.grad)")):
+    ax.axhline(0, color='0.6', linewidth=0.8)
+    ax.axvline(0, color='0.6', linewidth=0.8)
+    ax.set_xlabel('x')
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)  # the same curves on the right
+  axes[0].set_title('feed-forward activations')
+  axes[1].set_title('their derivatives')
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+# --- loss curves of runs and sweeps --------------------------------------------------------------
+
+def plot_loss_curves(curves: Sequence, path: str, *, xlabel: str = 'step',
+                     x: Callable = lambda curve, steps: steps, log: bool = False,
+                     title: str = ''):
+  """Train loss (lines) and eval loss (dashed, with markers) of every run, one colour per run.
+  `curves`: objects with name, step, loss, eval_step and eval_loss; `x(curve, steps)` gives the
+  x values of a curve's steps (tokens, compute...); `log`: both axes logarithmic."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(8.5, 5), dpi=120)
+  colors = plt.get_cmap('viridis' if len(curves) > 10 else 'tab10')(
+      np.linspace(0, 0.9, len(curves)) if len(curves) > 10 else np.arange(len(curves)))
+  for curve, color in zip(curves, colors):
+    if len(curve.step):
+      ax.plot(x(curve, curve.step), curve.loss, '-', color=color, label=curve.name)
+    if len(curve.eval_step):
+      ax.plot(x(curve, curve.eval_step), curve.eval_loss, 'o--', color=color,
+              markersize=3, label=f'{curve.name} (eval)')
+  if log:
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    _plain_log_ticks(ax.yaxis)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel('loss (nats per token)')
+  ax.set_title(title or ('loss' if len(curves) > 1 else f'loss: {curves[0].name}'))
+  ax.grid(alpha=0.3, which='both')
+  ax.legend(fontsize=7, ncol=1 + len(curves) // 12, loc='upper right')
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
