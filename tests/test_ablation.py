@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -196,14 +197,10 @@ def test_masked_losses_match_the_reference_loss():
 
 
 @pytest.fixture(scope='module')
-def run_dir(tmp_path_factory, data_dir):
-  """A tiny GPT trained for 40 steps: test_train's decoder run, whose compiled steps the suite's
-  compilation cache then holds."""
-  from tests.test_train import run_config
-  from transformer.training import loop
-  workdir = str(tmp_path_factory.mktemp('ablation_run'))
-  loop.train_and_evaluate(run_config('decoder_only', 'shakespeare', data_dir, 40,
-                                      train__sample_tokens=0), workdir, devices=jax.devices()[:1])
+def run_dir(tmp_path_factory, trained_lm):
+  """The session's tiny GPT trained for 40 steps (conftest.py), copied: ablate writes in it."""
+  workdir = str(tmp_path_factory.mktemp('ablation') / 'run')
+  shutil.copytree(trained_lm, workdir)
   return workdir
 
 

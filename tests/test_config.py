@@ -93,7 +93,8 @@ SECTION_ERRORS = [
     ('train', 'bleu_examples', 4, r'train\.bleu_examples=4: BLEU is for encoder_decoder'),
     ('train', 'grad_accum_steps', 3, r'train\.grad_accum_steps=3 .*divide data\.batch_size=32'),
     ('opt', 'name', 'lion', r"opt\.name='lion' .*adamw, adafactor, sgd"),
-    ('opt', 'lr', 0.0, r'opt\.lr=0\.0 .*> 0'),
+    ('opt', 'schedule', 'step', r"opt\.schedule='step' .*constant, cosine, linear, rsqrt"),
+    ('opt', 'lr', -0.001, r'opt\.lr=-0\.001 .*> 0'),
     ('opt', 'b2', 1.0, r'opt\.b2=1\.0 .*\[0, 1\)'),
     ('mesh', 'fsdp', 0, r'mesh\.fsdp=0 .*positive device count or -1'),
     ('mesh', 'tensor', -1, r'mesh\.tensor=-1 .*only one mesh field may be -1'),
@@ -160,3 +161,11 @@ def test_a_run_config_round_trips():
 def test_unknown_preset_names_the_choices():
   with pytest.raises(ConfigError, match=r"'bert-base' is not a decoder_only preset.*gpt2-small"):
     presets.get_config('decoder_only', 'bert-base')
+
+
+def test_the_schema_names_what_the_model_implements():
+  """The schema (which cannot import the model) lists the activations and remat policies the
+  model layer implements: the same names, so a valid config always builds."""
+  from transformer.model import layers, models
+  assert set(schema.ACTIVATION_NAMES) == set(layers.ACTIVATIONS)
+  assert set(schema.REMAT_POLICY_NAMES) == set(models.REMAT_POLICIES)

@@ -256,9 +256,8 @@ def test_converted_gpt2_generates_and_fine_tunes(tmp_path, data_dir):
   hf = gpt2(vocab_size=n, bos_token_id=end, eos_token_id=end, pad_token_id=end)
   hf.save_pretrained(source)
   converted, run = tmp_path / 'converted', tmp_path / 'run'
-  done = _command('transformer.convert', f'--from={source}', f'--to={converted}')
-  assert done.returncode == 0, done.stderr
-  assert 'gpt2 as decoder_only' in done.stdout
+  # (the command's own line: test_bad_inputs_fail_in_one_line_and_write_nothing)
+  assert convert.convert(str(source), str(converted))['model_type'] == 'gpt2'
   converted.rename(run)  # a moved run finds its own tokenizer
 
   # generate reads it like a trained run; greedy text = Hugging Face's greedy text
@@ -331,38 +330,37 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path):
   _one_line_exit_2(_command('transformer.convert', f'--from={unsupported}', f'--to={run}'),
                    r"model_type='t5' .* not supported; supported: gpt2, bert, marian")
 
+  # The rest in this process (the command adds nothing but the line and the exit code).
+  def refused(source, to, pattern, overwrite=False):
+    with pytest.raises(ConfigError, match=pattern) as error:
+      convert.convert(str(source), str(to), overwrite=overwrite)
+    assert '\n' not in str(error.value)
+
   no_weights = tmp_path / 'no_weights'
   no_weights.mkdir()
   (no_weights / 'config.json').write_text((tmp_path / 'gpt2' / 'config.json').read_text())
-  _one_line_exit_2(_command('transformer.convert', f'--from={no_weights}', f'--to={run}'),
-                   r'no weights \(model.safetensors or pytorch_model.bin\)')
-
-  _one_line_exit_2(_command('transformer.convert', f'--from={tmp_path / "absent"}', f'--to={run}'),
-                   r'absent is not a directory and could not be downloaded')
+  refused(no_weights, run, r'no weights \(model.safetensors or pytorch_model.bin\)')
+  refused(tmp_path / 'absent', run, r'absent is not a directory and could not be downloaded')
 
   wrong = tmp_path / 'wrong'
   wrong.mkdir()
   hf_config = json.loads((tmp_path / 'gpt2' / 'config.json').read_text())
   (wrong / 'config.json').write_text(json.dumps({**hf_config, 'n_inner': 48}))
   os.link(tmp_path / 'gpt2' / 'model.safetensors', wrong / 'model.safetensors')
-  _one_line_exit_2(_command('transformer.convert', f'--from={wrong}', f'--to={run}'),
-                   r'weight h.0.mlp.c_fc.weight is \(32, 128\) in the checkpoint; config.json '
-                   r'implies \(32, 48\)')
+  refused(wrong, run, r'weight h.0.mlp.c_fc.weight is \(32, 128\) in the checkpoint; '
+                      r'config.json implies \(32, 48\)')
   assert not run.exists()
   assert not [n for n in os.listdir(tmp_path) if 'converting' in n]
 
   # an existing run is never replaced by a failed conversion, nor without --overwrite
   run.mkdir()
   (run / 'notes.txt').write_text('mine')
-  _one_line_exit_2(_command('transformer.convert', f'--from={good}', f'--to={run}'),
-                   r'already exists and is not empty')
-  _one_line_exit_2(_command('transformer.convert', f'--from={wrong}', f'--to={run}',
-                            '--overwrite'), r'h.0.mlp.c_fc.weight')
+  refused(good, run, r'already exists and is not empty')
+  refused(wrong, run, r'h.0.mlp.c_fc.weight', overwrite=True)
   assert os.listdir(run) == ['notes.txt']
-  _one_line_exit_2(_command('transformer.convert', f'--from={good}', f'--to={tmp_path}',
-                            '--overwrite'), r'holds the checkpoint being converted')
+  refused(good, tmp_path, r'holds the checkpoint being converted', overwrite=True)
   done = _command('transformer.convert', f'--from={good}', f'--to={run}', '--overwrite')
-  assert done.returncode == 0, done.stderr
+  assert done.returncode == 0 and 'gpt2 as decoder_only (lm head)' in done.stdout, done.stderr
   assert sorted(os.listdir(run)) == ['checkpoints', 'config.json']
 
 

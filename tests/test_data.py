@@ -27,14 +27,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BYTES = tokenizers.ByteTokenizer()
 
 
-@pytest.fixture(scope='session')
-def data_dir(tmp_path_factory):
-  """A data directory holding the embedded corpus (built once per test process)."""
-  path = str(tmp_path_factory.mktemp('data'))
-  datasets.build_embedded('shakespeare_corpus', path)
-  return path
-
-
 def make_config(family='decoder_only', dataset='shakespeare', data_dir='', head=None, **data):
   config = presets.get_config(family, 'tiny')
   config.data.update(dataset=dataset, data_dir=data_dir, batch_size=4, seq_len=64, prefetch=2)
@@ -153,10 +145,13 @@ def test_byte_tokenizer_round_trips_and_reserves_control_bytes():
 
 
 @pytest.fixture(scope='session')
-def spm_config(data_dir):
-  config = make_config(data_dir=data_dir, tokenizer='sentencepiece', vocab_size=300,
-                       spm_examples=3000)
-  return config
+def spm_config(tmp_path_factory):
+  """SentencePiece trained on the corpus and cached in this worker's own data directory (the
+  tests watch the cached file, which another worker must not replace)."""
+  data_dir = str(tmp_path_factory.mktemp('spm_data'))
+  datasets.build_embedded('shakespeare_corpus', data_dir)
+  return make_config(data_dir=data_dir, tokenizer='sentencepiece', vocab_size=300,
+                     spm_examples=3000)
 
 
 def test_sentencepiece_is_trained_once_cached_and_read_back(spm_config):
@@ -459,19 +454,11 @@ def test_data_command_shows_batches_and_throughput(data_dir):
   assert re.search(r'3 batches, [\d,]+ tokens in .* tokens/s', result.stdout)
 
 
+# The command line's part; the rules themselves are tested in-process (below and test_config.py).
 @pytest.mark.parametrize('args,message', [
-    (['--config.data.dataset=lm2b'], "data.dataset='lm2b' is invalid"),
     (['--config.data.dataset=lm1b'], 'is not prepared in'),
-    (['--config.data.tokenizer=sentencepiece', '--config.data.spm_model=/no/such.model'],
-     "data.spm_model='/no/such.model' is invalid: no such file"),
-    (['--config=configs/encoder_only.py', '--config.model.head=classify',
-      '--config.data.dataset=imdb_reviews', '--config.model.num_classes=3'],
-     'model.num_classes=3 is invalid: imdb_reviews has 2 classes'),
     (['--config.data.mask_rate=1.5'], 'data.mask_rate=1.5'),
     (['--batches=0'], '--batches=0 is invalid'),
-    (['--config.train.seed=-1'], 'train.seed=-1 is invalid'),
-    (['--config.data.tokenizer=sentencepiece', '--config.data.spm_examples=0'],
-     'data.spm_examples=0 is invalid'),
 ])
 def test_data_command_rejects_bad_input_with_one_line(tmp_path, args, message):
   config_args = [a for a in args if a.startswith('--config=')]
@@ -484,11 +471,34 @@ def test_data_command_rejects_bad_input_with_one_line(tmp_path, args, message):
     assert 'python -m transformer.data --prepare --config.data.dataset=lm1b' in result.stderr
 
 
+@pytest.mark.parametrize('family,fields,message', [
+    ('decoder_only', {'data.dataset': 'lm2b'}, "data.dataset='lm2b' is invalid"),
+    ('decoder_only', {'data.tokenizer': 'sentencepiece', 'data.spm_model': '/no/such.model'},
+     "data.spm_model='/no/such.model' is invalid: no such file"),
+    ('encoder_only', {'model.head': 'classify', 'data.dataset': 'imdb_reviews',
+                      'model.num_classes': 3},
+     'model.num_classes=3 is invalid: imdb_reviews has 2 classes'),
+    ('decoder_only', {'train.seed': -1}, 'train.seed=-1 is invalid'),
+    ('decoder_only', {'data.tokenizer': 'sentencepiece', 'data.spm_examples': 0},
+     'data.spm_examples=0 is invalid'),
+])
+def test_bad_data_config_is_named_before_reading(tmp_path, family, fields, message):
+  """What the data command (and train) check before reading anything: the sections, what the
+  dataset holds, then the tokenizer's files."""
+  config = make_config(family, data_dir=str(tmp_path))
+  for field, value in fields.items():
+    section, name = field.split('.')
+    config[section][name] = value
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    experiment = Experiment.from_config(config)
+    pipeline.check_data(experiment)
+    pipeline.get_tokenizer(experiment)
+
+
 def test_a_sentencepiece_model_of_the_wrong_size_is_rejected(spm_config):
   path = pipeline.get_tokenizer(Experiment.from_config(spm_config)).model_path
-  result = data_command(f'--config.data.data_dir={spm_config.data.data_dir}',
-                        '--config.data.tokenizer=sentencepiece',
-                        f'--config.data.spm_model={path}', '--config.data.vocab_size=8000')
-  assert result.returncode == 2
-  assert 'data.vocab_size=8000 is invalid: the SentencePiece model' in result.stderr
-  assert len(result.stderr.strip().splitlines()) == 1
+  config = spm_config.copy_and_resolve_references()
+  config.data.update(spm_model=path, vocab_size=8000)
+  with pytest.raises(ConfigError, match='data.vocab_size=8000 is invalid: the SentencePiece '
+                                        'model'):
+    pipeline.get_tokenizer(Experiment.from_config(config))

@@ -12,32 +12,27 @@ import jax
 import numpy as np
 import pytest
 
-from tests.test_train import run_config
 from transformer.errors import ConfigError
 from transformer.inference import generation, trained
 from transformer.model import decode
-from transformer.training import checkpoint, evaluation, loop, optim, step as steps
+from transformer.training import checkpoint, evaluation, optim, step as steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope='module')
-def run_dir(tmp_path_factory, data_dir):
-  workdir = str(tmp_path_factory.mktemp('run'))
-  config = run_config('decoder_only', 'shakespeare', data_dir, 4, train__checkpoint_every=2,
-                      train__eval_batches=1)
-  loop.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
-  return workdir
+@pytest.fixture
+def run_dir(trained_lm):
+  return trained_lm  # 40 steps, checkpoints at 20 and 40 (conftest.py); only read here
 
 
 def test_load_reads_the_newest_or_a_given_checkpoint(run_dir):
-  newest, second = trained.load(run_dir), trained.load(run_dir, step=2)
-  assert newest.step == 4 and second.step == 2
-  assert newest.cfg.d_model == 64 and newest.config.train.num_steps == 4
+  newest, second = trained.load(run_dir), trained.load(run_dir, step=20)
+  assert newest.step == 40 and second.step == 20
+  assert newest.cfg.d_model == 64 and newest.config.train.num_steps == 40
   kernels = [jax.tree.leaves(r.params)[0] for r in (newest, second)]
   assert not (kernels[0] == kernels[1]).all()  # two steps of training apart
-  with pytest.raises(ConfigError, match='--step=3 has no checkpoint'):
-    trained.load(run_dir, step=3)
+  with pytest.raises(ConfigError, match='--step=30 has no checkpoint'):
+    trained.load(run_dir, step=30)
 
 
 def test_load_reads_the_parameters_alone_bitwise(run_dir, tmp_path):
@@ -46,7 +41,7 @@ def test_load_reads_the_parameters_alone_bitwise(run_dir, tmp_path):
   abstract = jax.eval_shape(functools.partial(steps.init_state, run.cfg, tx), jax.random.key(0))
   ckpts = checkpoint.Checkpoints(os.path.join(run_dir, 'checkpoints'))
   try:
-    full = ckpts.restore_step(4, abstract)[1]  # the whole train state, as resuming reads it
+    full = ckpts.restore_step(40, abstract)[1]  # the whole train state, as resuming reads it
   finally:
     ckpts.close()
   assert jax.tree.structure(run.params) == jax.tree.structure(full.params)
@@ -57,14 +52,14 @@ def test_load_reads_the_parameters_alone_bitwise(run_dir, tmp_path):
   # An unreadable newest checkpoint is skipped and left as it is: load only reads.
   copy = str(tmp_path / 'run')
   shutil.copytree(run_dir, copy)
-  for root, _, files in os.walk(os.path.join(copy, 'checkpoints', '4', 'state')):
+  for root, _, files in os.walk(os.path.join(copy, 'checkpoints', '40', 'state')):
     for name in files:
       open(os.path.join(root, name), 'wb').close()
   older = trained.load(copy)
-  assert older.step == 2
-  assert sorted(os.listdir(os.path.join(copy, 'checkpoints'))) == ['2', '4']
+  assert older.step == 20
+  assert sorted(os.listdir(os.path.join(copy, 'checkpoints'))) == ['20', '40']
   np.testing.assert_array_equal(np.asarray(jax.tree.leaves(older.params)[0]),
-                                np.asarray(jax.tree.leaves(trained.load(run_dir, 2).params)[0]))
+                                np.asarray(jax.tree.leaves(trained.load(run_dir, 20).params)[0]))
 
 
 def test_generated_text_is_the_decoded_continuation(run_dir):

@@ -3,6 +3,7 @@ describe command reports it, and rejects bad input with one line and exit code 2
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,9 @@ import pytest
 
 from transformer import presets
 from transformer.config import ModelConfig
+from transformer.errors import ConfigError
 from transformer.model import counting, models
+from transformer.training import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAMILIES = ('encoder_only', 'decoder_only', 'encoder_decoder')
@@ -27,7 +30,8 @@ def cfg_of(family, size, **overrides):
 
 @pytest.mark.parametrize('family,size', PRESETS)
 def test_every_preset_shape_checks(family, size):
-  cfg, config = cfg_of(family, size)
+  """Through nn.scan: tracing is then flat in depth (scan = unrolled: test_models.py)."""
+  cfg, config = cfg_of(family, size, scan_layers=True)
   B, T = 2, config.data.seq_len
   params = models.abstract_variables(cfg)['params']
   tokens = jax.ShapeDtypeStruct((B, T), jnp.int32)
@@ -111,22 +115,32 @@ def test_describe_table_folds_layers_and_default_config_works():
 @pytest.mark.parametrize('args,message', [
     (['--config.model.d_model=100', '--config.model.num_heads=3'],
      'model.d_model=100 is invalid: must be divisible by model.num_heads=3'),
-    (['--config.model.position=absolute'], "model.position='absolute'"),
-    (['--config.model.dropout=1.5'], 'model.dropout=1.5'),
-    (['--config=configs/decoder_only.py:tiny', '--config.data.seq_len=4096'],
-     'data.seq_len=4096'),
     (['--config.model.num_head=2'], '--config.model.num_head is not a field'),
     (['--config=configs/decoder_only.py:bert-base'], "'bert-base' is not a decoder_only preset"),
     (['--config=configs/missing.py'], 'configs/missing.py'),
     (['--config.model.num_layers=two'], 'num_layers'),
-    # validated as train validates: the data, train and opt sections and what a dataset holds
+    # validated as train validates it: the other sections, and what a dataset holds
     (['--config.data.dataset=wikitext'], "data.dataset='wikitext' is invalid"),
-    (['--config.opt.schedule=step'], "opt.schedule='step' is invalid"),
-    (['--config=configs/encoder_decoder.py', '--config.data.dataset=shakespeare'],
-     'the encoder-decoder needs pairs'),
 ])
 def test_describe_rejects_bad_input_with_one_line(args, message):
   check_one_line_error(describe(*args), message)
+
+
+@pytest.mark.parametrize('family,fields,message', [
+    ('decoder_only', {'model.position': 'absolute'}, "model.position='absolute'"),
+    ('decoder_only', {'model.dropout': 1.5}, 'model.dropout=1.5'),
+    ('decoder_only', {'data.seq_len': 4096}, 'data.seq_len=4096'),
+    ('decoder_only', {'opt.schedule': 'step'}, "opt.schedule='step' is invalid"),
+    ('encoder_decoder', {'data.dataset': 'shakespeare'}, 'the encoder-decoder needs pairs'),
+])
+def test_describe_validates_what_train_validates(family, fields, message):
+  """describe calls the validation train calls (loop.validate), the devices aside."""
+  config = presets.get_config(family, 'tiny')
+  for field, value in fields.items():
+    section, name = field.split('.')
+    config[section][name] = value
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    loop.validate(config)
 
 
 BAD_FILES = {

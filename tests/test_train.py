@@ -5,7 +5,9 @@ import functools
 import json
 import math
 import os
+import pathlib
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -20,9 +22,9 @@ import pytest
 from transformer import config as schema, presets
 from transformer.analysis import bench
 from transformer.config import ModelConfig
-from transformer.errors import INTERRUPTED_EXIT_CODE
+from transformer.errors import INTERRUPTED_EXIT_CODE, ConfigError
 from transformer.model import counting, models
-from transformer.training import checkpoint, loop, losses, optim, step as steps
+from transformer.training import checkpoint, loop, losses, optim, runs, step as steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -183,17 +185,21 @@ def run_config(family, dataset, data_dir, steps, **extra):
 
 
 @pytest.mark.parametrize('family,dataset,extra', [
-    ('decoder_only', 'shakespeare', {}),
+    ('decoder_only', 'shakespeare', {}),  # the session's trained_lm (conftest.py)
     ('encoder_only', 'shakespeare', {}),
     ('encoder_decoder', 'copy', {'data__synthetic_len': 6, 'train__bleu_examples': 8,
                                  'train__bleu_tokenize': 'char'}),
     ('encoder_only', 'imdb_reviews', {'model__head': 'classify'}),
 ])
-def test_every_family_learns(tmp_path, data_dir, family, dataset, extra):
+def test_every_family_learns(request, tmp_path, data_dir, family, dataset, extra):
   import tensorflow_datasets as tfds
-  config = run_config(family, dataset, data_dir, 40, **extra)
-  with tfds.testing.mock_data(num_examples=8):  # only imdb_reviews reads TFDS here
-    summary = loop.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+  if family == 'decoder_only':  # this config, already trained for the session
+    tmp_path = pathlib.Path(request.getfixturevalue('trained_lm'))
+    summary = json.load(open(tmp_path / 'summary.json'))
+  else:
+    config = run_config(family, dataset, data_dir, 40, **extra)
+    with tfds.testing.mock_data(num_examples=8):  # only imdb_reviews reads TFDS here
+      summary = loop.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
   records = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   curve = [r['loss'] for r in records if 'loss' in r]
   assert curve[-1] < 0.8 * curve[0], curve
@@ -209,7 +215,17 @@ def train_command(workdir, data_dir, *args):
           '--config.train.eval_batches=2', '--config.train.checkpoint_every=4', *args]
 
 
-def restored_params(workdir, config_steps=24):
+def train_in_process(workdir, data_dir, num_steps):
+  """What train_command runs, in this process, on one device (as the command does): for the
+  runs a test only needs to have happened."""
+  config = presets.get_config('decoder_only', 'tiny')
+  config.data.update(data_dir=data_dir, seq_len=32, batch_size=4)
+  config.train.update(log_every=2, eval_batches=2, checkpoint_every=4, num_steps=num_steps,
+                      eval_every=num_steps)
+  return loop.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1])
+
+
+def restored_params(workdir, config_steps=16):
   config = presets.get_config('decoder_only', 'tiny')
   cfg = ModelConfig.from_config(config)
   tx, _ = optim.make_optimizer(config.opt, config_steps, cfg)
@@ -232,7 +248,7 @@ def loss_curve(workdir):
 
 
 def test_resume_after_sigkill_is_exact(tmp_path, data_dir):
-  steps = ['--config.train.num_steps=24', '--config.train.eval_every=12']
+  steps = ['--config.train.num_steps=16', '--config.train.eval_every=8']
   whole, killed = tmp_path / 'whole', tmp_path / 'killed'
   done = subprocess.run(train_command(whole, data_dir, *steps), cwd=ROOT, capture_output=True,
                         text=True, timeout=300)
@@ -254,11 +270,11 @@ def test_resume_after_sigkill_is_exact(tmp_path, data_dir):
 
   step_a, a = restored_params(whole)
   step_b, b = restored_params(killed)
-  assert step_a == step_b == 24
+  assert step_a == step_b == 16
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)  # bitwise
   assert loss_curve(killed) == loss_curve(whole)
-  assert sorted(loss_curve(whole)) == list(range(2, 25, 2))
+  assert sorted(loss_curve(whole)) == list(range(2, 17, 2))
 
 
 def test_sigterm_saves_and_exits_then_resumes(tmp_path, data_dir):
@@ -302,46 +318,44 @@ def test_sigterm_during_the_last_steps_evaluation_exits_143_and_the_rerun_finish
   if process.returncode == INTERRUPTED_EXIT_CODE:
     assert 'SIGTERM at step 10: checkpoint saved' in out, out
     assert not (tmp_path / 'summary.json').exists()
-    rerun = subprocess.run(train_command(tmp_path, data_dir, *args), cwd=ROOT,
-                           capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    # The same command again (here: the run's own config.json, in this process) finishes it.
+    loop.train_and_evaluate(runs.read_config(str(tmp_path)), str(tmp_path),
+                            devices=jax.devices()[:1])
   summary = json.load(open(tmp_path / 'summary.json'))
   assert summary['final_train_loss'] is not None and summary['final_eval_loss'] is not None
 
 
-def test_a_run_stopped_before_its_summary_is_finished_by_a_rerun(tmp_path, data_dir):
+def test_a_run_stopped_before_its_summary_is_finished_by_a_rerun(tmp_path, trained_lm):
   """Killed after its final checkpoint but before summary.json: the rerun used to crash in the
   report (TypeError) and write a summary with null losses. It must recompute the final
   evaluation from the last checkpoint and write the complete summary."""
-  config = run_config('decoder_only', 'shakespeare', data_dir, 10, train__sample_tokens=8)
-  first = loop.train_and_evaluate(config, str(tmp_path))
+  tmp_path = tmp_path / 'run'
+  shutil.copytree(trained_lm, tmp_path)  # the session's run: 40 steps, an 8-byte sample
+  config, one = runs.read_config(str(tmp_path)), jax.devices()[:1]
+  first = json.load(open(tmp_path / 'summary.json'))
   os.remove(tmp_path / 'summary.json')
   os.remove(tmp_path / 'loss.png')
-  again = loop.train_and_evaluate(config, str(tmp_path))
+  again = loop.train_and_evaluate(config, str(tmp_path), devices=one)
   assert json.load(open(tmp_path / 'summary.json')) == json.loads(json.dumps(again))
   for key in ('wall_seconds', 'tokens_per_sec'):  # the rerun's time is added
     del first[key], again[key]
   assert again == first  # the same final losses, evaluation and sample
   assert (tmp_path / 'loss.png').exists()
-  assert loop.train_and_evaluate(config, str(tmp_path))['final_eval_loss'] == (
+  assert loop.train_and_evaluate(config, str(tmp_path), devices=one)['final_eval_loss'] == (
       first['final_eval_loss'])  # and now it is finished
 
 
-def test_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path, data_dir):
-  first = subprocess.run(train_command(tmp_path, data_dir, '--config.train.num_steps=12',
-                                       '--config.train.eval_every=12'),
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert first.returncode == 0, first.stderr[-2000:]
+def test_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path, data_dir, capsys):
+  train_in_process(tmp_path, data_dir, 12)
   os.remove(tmp_path / 'summary.json')
   for root, _, files in os.walk(tmp_path / 'checkpoints' / '12' / 'state'):
     for name in files:
       open(os.path.join(root, name), 'wb').close()  # truncate every file of the newest
-  again = subprocess.run(train_command(tmp_path, data_dir, '--config.train.num_steps=16',
-                                       '--config.train.eval_every=16'),
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert again.returncode == 0, again.stderr[-2000:]
-  assert 'checkpoint at step 12 is unreadable' in again.stdout
-  assert 'resuming at step 8' in again.stdout
+  capsys.readouterr()
+  train_in_process(tmp_path, data_dir, 16)
+  out = capsys.readouterr().out
+  assert 'checkpoint at step 12 is unreadable' in out
+  assert 'resuming at step 8' in out
   assert (tmp_path / 'checkpoints' / '12.corrupted').is_dir()  # set aside, not deleted
   assert json.load(open(tmp_path / 'summary.json'))['steps'] == 16
 
@@ -380,7 +394,7 @@ def read_tensorboard_scalars(directory):
 
 def test_a_run_leaves_a_workdir_that_explains_itself(tmp_path, data_dir):
   config = run_config('decoder_only', 'shakespeare', data_dir, 10, train__sample_tokens=20)
-  summary = loop.train_and_evaluate(config, str(tmp_path))
+  summary = loop.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
   for key in ('final_train_loss', 'final_eval_loss', 'params', 'params_non_embedding',
               'flops_per_token', 'total_flops', 'tokens', 'wall_seconds', 'steps',
               'eval_bits_per_byte'):
@@ -397,7 +411,7 @@ def test_a_run_leaves_a_workdir_that_explains_itself(tmp_path, data_dir):
       tmp_path / 'tensorboard')
   assert open(tmp_path / 'loss.png', 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
   assert len((tmp_path / 'sample.txt').read_text()) > 0
-  again = loop.train_and_evaluate(config, str(tmp_path))  # finished: nothing to do
+  again = loop.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])  # done
   assert again == json.load(open(tmp_path / 'summary.json'))
 
 
@@ -409,16 +423,12 @@ def failing(tmp_path, *args):
                         capture_output=True, text=True, timeout=120)
 
 
+# The command line's part: a field's rule (every rule is tested in-process in test_config.py),
+# a value of the wrong type and a field that does not exist, each one line and exit 2.
 @pytest.mark.parametrize('args,message', [
     (['--config.train.num_steps=0'], 'train.num_steps=0 is invalid'),
-    (['--config.data.batch_size=0'], 'data.batch_size=0 is invalid'),
-    (['--config.opt.name=lion'], "opt.name='lion' is invalid: must be one of adamw"),
-    (['--config.opt.schedule=step'], "opt.schedule='step' is invalid"),
-    (['--config.train.bleu_examples=4'], 'BLEU is for encoder_decoder models'),
-    (['--config.opt.lr=-0.001'], 'opt.lr=-0.001 is invalid: must be > 0'),
     (['--config.opt.lr=fast'], 'opt.lr'),
     (['--config.opt.learning_rate=0.1'], '--config.opt.learning_rate is not a field'),
-    (['--config.train.grad_accum_steps=3'], 'must divide data.batch_size=16'),
 ])
 def test_bad_training_input_gives_one_line(tmp_path, args, message):
   result = failing(tmp_path, f'--workdir={tmp_path}', *args)
@@ -428,24 +438,23 @@ def test_bad_training_input_gives_one_line(tmp_path, args, message):
 
 
 def test_workdir_problems_give_one_line(tmp_path, data_dir):
+  result = failing(tmp_path)
+  assert result.returncode == 2 and '--workdir is required' in result.stderr, result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1
+  config = presets.get_config('decoder_only', 'tiny')
+  config.data.update(data_dir=data_dir, seq_len=32, batch_size=4)
   a_file = tmp_path / 'file'
   a_file.write_text('x')
-  for args, message in (([f'--workdir={a_file}/run'], 'is not writable'),
-                        ([], '--workdir is required')):
-    result = failing(tmp_path, *args)
-    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
-    assert len(result.stderr.strip().splitlines()) == 1
+  one = jax.devices()[:1]
+  with pytest.raises(ConfigError, match=f'--workdir={a_file}/run is not writable'):
+    loop.train_and_evaluate(config, str(a_file / 'run'), devices=one)
   run = tmp_path / 'run'
-  first = subprocess.run(train_command(run, data_dir, '--config.train.num_steps=4',
-                                       '--config.train.eval_every=4'),
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert first.returncode == 0, first.stderr[-2000:]
-  other = subprocess.run(train_command(run, data_dir, '--config.train.num_steps=8',
-                                       '--config.model.d_model=32'),
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert other.returncode == 2
-  assert 'holds a checkpoint of a different model' in other.stderr
-  assert len(other.stderr.strip().splitlines()) == 1, other.stderr
+  train_in_process(run, data_dir, 4)
+  config.model.d_model = 32
+  with pytest.raises(ConfigError, match=r'holds a checkpoint of a different model: parameter '
+                                        r'decoder/final_norm/bias is \(64,\) float32 there, '
+                                        r'\(32,\) float32 in this config'):
+    loop.train_and_evaluate(config, str(run), devices=one)
   assert sorted(os.listdir(run / 'checkpoints')) == ['4']  # nothing of the user's was touched
 
 

@@ -17,7 +17,7 @@ from typing import Iterable, Protocol
 
 import numpy as np
 
-from transformer.errors import ConfigError
+from transformer.errors import ConfigError, first_line, last_line
 
 
 class Tokenizer(Protocol):
@@ -123,9 +123,8 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_path: str |
           normalization_rule_name='identity', remove_extra_whitespaces=False,
           max_sentence_length=1 << 16, minloglevel=2, **SPM_SPECIALS)
     except RuntimeError as e:
-      reason = str(e).strip().splitlines()[-1] if str(e).strip() else 'failed'
       raise ConfigError(f'data.vocab_size={vocab_size} is invalid: SentencePiece could not train '
-                        f'it on this data ({reason})') from None
+                        f'it on this data ({last_line(e)})') from None
     os.replace(prefix + '.model', model_path)
 
 
@@ -147,7 +146,7 @@ def load_sentencepiece(model_path: str, expected_vocab_size: int | None) -> Sent
     tokenizer = SentencePieceTokenizer(model_path)
   except (RuntimeError, OSError) as e:
     raise ConfigError(f'data.spm_model={model_path!r} is invalid: not a SentencePiece model '
-                      f'({str(e).strip().splitlines()[-1] if str(e).strip() else e})') from None
+                      f'({last_line(e)})') from None
   missing = [name for name, i in (('pad', tokenizer.pad_id), ('bos', tokenizer.bos_id),
                                   ('eos', tokenizer.eos_id)) if i < 0]
   missing += [s for s, i in zip(SPM_SYMBOLS, (tokenizer.sep_id, tokenizer.mask_id))
@@ -183,8 +182,7 @@ class HuggingFaceTokenizer:
       self._tok = AutoTokenizer.from_pretrained(self.directory)
     except (OSError, ValueError, TypeError) as e:
       raise ConfigError(f'data.hf_tokenizer={self.directory!r} is invalid: no tokenizer could be '
-                        f'read there ({str(e).strip().splitlines()[0][:200] if str(e) else e})'
-                        ) from None
+                        f'read there ({first_line(e, 200)})') from None
     t = self._tok
 
     def first(*ids):
