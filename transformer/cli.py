@@ -109,9 +109,10 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def define_workdir_flag(help_text: str = 'the directory of a trained run'):
-  """--workdir: the run a command trains or reads (a sweep: its directory)."""
+  """--workdir: the run a command trains or reads (a sweep: its directory); listed by the
+  command's --help with its own flags."""
   from absl import flags
-  flags.DEFINE_string('workdir', None, help_text)
+  flags.DEFINE_string('workdir', None, help_text, module_name=sys.argv[0])
 
 
 def begin_workdir_command(argv: list[str]):
