@@ -169,3 +169,12 @@ def test_the_schema_names_what_the_model_implements():
   from transformer.model import layers, models
   assert set(schema.ACTIVATION_NAMES) == set(layers.ACTIVATIONS)
   assert set(schema.REMAT_POLICY_NAMES) == set(models.REMAT_POLICIES)
+
+
+def test_replacing_a_field_moves_the_fields_that_follow_it():
+  experiment = Experiment.from_config(presets.get_config('encoder_decoder', 'tiny'))
+  wider = experiment.replace(model={'num_heads': 8, 'num_layers': 3})
+  assert wider.model.num_kv_heads == 8 and wider.model.num_decoder_layers == 3
+  gqa = experiment.replace(model={'num_heads': 8, 'num_kv_heads': 2})
+  assert gqa.model.num_kv_heads == 2
+  assert experiment.replace(data={'seq_len': 32}).model == experiment.model

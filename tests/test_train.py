@@ -455,6 +455,11 @@ def test_workdir_problems_give_one_line(tmp_path, data_dir):
                                         r'decoder/final_norm/bias is \(64,\) float32 there, '
                                         r'\(32,\) float32 in this config'):
     loop.train_and_evaluate(config, str(run), devices=one)
+  config.model.update(d_model=64, num_layers=1)  # a smaller model: the checkpoint has more
+  with pytest.raises(ConfigError, match=r'holds a checkpoint of a different model: parameter '
+                                        r'decoder/layers_1/\S+ is \([\d, ]+\) there, '
+                                        r'absent in this config'):
+    loop.train_and_evaluate(config, str(run), devices=one)
   assert sorted(os.listdir(run / 'checkpoints')) == ['4']  # nothing of the user's was touched
 
 

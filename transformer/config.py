@@ -413,6 +413,8 @@ class MeshConfig(_Section):
       self._fail(free[1], f'only one mesh field may be -1 (mesh.{free[0]} is -1 already)')
 
 
+# Fields that default to another field's value: (the field, the one it follows), per section.
+_FOLLOWERS = {'model': (('num_kv_heads', 'num_heads'), ('num_decoder_layers', 'num_layers'))}
 SECTIONS = {'model': ModelConfig, 'data': DataConfig, 'train': TrainConfig, 'opt': OptConfig,
             'mesh': MeshConfig}
 PARALLEL_DOC = 'jit (sharded over the mesh) or pmap (data parallel over local devices)'
@@ -478,16 +480,24 @@ class Experiment:
     they equal it, so that overriding the other one (fine-tuning a run with more heads) moves
     them along, as in the config file."""
     out = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
-    for name, source in (('num_kv_heads', 'num_heads'), ('num_decoder_layers', 'num_layers')):
-      if out['model'][name] == out['model'][source]:
-        out['model'][name] = None
+    for section, followers in _FOLLOWERS.items():
+      for follower, source in followers:
+        if out[section][follower] == out[section][source]:
+          out[section][follower] = None
     return {**out, 'parallel': self.parallel, **{k: _plain(v) for k, v in self.extra.items()}}
 
   def replace(self, **sections: Any) -> 'Experiment':
     """A copy with fields of some sections replaced and validated again, e.g.
-    `replace(data={'seq_len': 512}, model={'vocab_size': 8000})`."""
-    changed = {name: dataclasses.replace(getattr(self, name), **fields)
-               for name, fields in sections.items()}
+    `replace(data={'seq_len': 512}, model={'vocab_size': 8000})`. A field that defaulted to
+    another one (num_kv_heads, num_decoder_layers) follows it, as in a config file."""
+    changed = {}
+    for name, fields in sections.items():
+      section, fields = getattr(self, name), dict(fields)
+      for follower, source in _FOLLOWERS.get(name, ()):
+        if source in fields and follower not in fields and (
+            getattr(section, follower) == getattr(section, source)):
+          fields[follower] = None
+      changed[name] = dataclasses.replace(section, **fields)
     return dataclasses.replace(self, **changed)
 
 

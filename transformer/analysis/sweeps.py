@@ -35,7 +35,7 @@ from transformer import files
 from transformer.config import Experiment, ModelConfig
 from transformer.errors import INTERRUPTED_EXIT_CODE, ConfigError, last_line
 from transformer.model import counting
-from transformer.training import loop
+from transformer.training import loop, runs
 
 Grid = list[dict[str, Any]]  # one dict of {dotted field: value} per point
 
@@ -270,12 +270,9 @@ def _error_line(log_path: str, code: int) -> str:
 def point_status(point: Point, workdir: str) -> tuple[str, dict[str, Any]]:
   """(status, results) from the files of DIR/<id>: finished, failed, interrupted or pending."""
   point_dir = os.path.join(workdir, point.id)
-  summary_path = os.path.join(point_dir, 'summary.json')
-  if os.path.exists(summary_path):
-    with open(summary_path) as f:
-      summary = json.load(f)
-    if summary.get('steps') == point.config.train.num_steps:
-      return 'finished', summary
+  summary = runs.finished_summary(point_dir, point.config.train.num_steps)
+  if summary is not None:  # as train decides it (an incomplete summary is finished by a rerun)
+    return 'finished', summary
   if os.path.exists(os.path.join(point_dir, 'failed.json')):
     with open(os.path.join(point_dir, 'failed.json')) as f:
       return 'failed', {'error': json.load(f)['error']}

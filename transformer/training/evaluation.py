@@ -85,8 +85,9 @@ def evaluate_run(run: Any, num_batches: int = 10, seq_len: int | None = None
   """A trained run's (`transformer.inference.trained.load`) metrics on `num_batches` held-out
   batches of length `seq_len` (default: the run's data.seq_len), on one device."""
   experiment = run.config
-  if seq_len is not None:
+  if seq_len is not None:  # the data's rules again, at this length (a synthetic task must fit)
     experiment = experiment.replace(data={'seq_len': seq_len})
+    pipeline.check_data(experiment)
   task = experiment.task
   return held_out_metrics(lambda batch: _eval_sums(run.model, run.params, batch, task),
                           experiment, run.tokenizer(), num_batches)

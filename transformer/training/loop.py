@@ -39,6 +39,7 @@ from transformer.training import (
   finetune,
   metrics,
   optim,
+  runs,
   sharding,
   step as steps,
 )
@@ -62,16 +63,18 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
   """Trains an experiment (an `Experiment`, or a ConfigDict validated here) in `workdir`,
   resuming if it holds a run; returns the summary. `devices`: the devices of the mesh (default:
   every device of every process). Raises ConfigError (bad input, before anything compiles),
-  Interrupted (SIGTERM: checkpoint saved) or RunFailed (a non-finite loss)."""
+  Interrupted (SIGTERM during the steps: checkpoint saved) or RunFailed (a non-finite loss).
+  A SIGTERM that arrives after the last step was saved (while the summary and the sample are
+  written) lets the run finish: it is complete."""
   with contextlib.ExitStack() as stack:
-    stop = stack.enter_context(_sigterm_flag())
     run = prepare(config, workdir, devices, stack)
+    finished = runs.finished_summary(workdir, run.experiment.train.num_steps)
+    if finished is not None:
+      _print(f'{workdir} has finished ({finished["steps"]} steps); nothing to do')
+      return finished
     state, progress = start(run, stack)
-    if progress.finished_summary is not None:
-      _print(f'{workdir} has finished ({progress.step} steps); nothing to do')
-      return progress.finished_summary
     _announce(run, progress)
-    state = train_steps(run, state, progress, stop)
+    state = train_steps(run, state, progress)
     return finish(run, state, progress)
 
 
@@ -89,12 +92,27 @@ class Run:
   model: nn.Module
   ckpts: checkpoint.Checkpoints
   counts: dict[str, int]  # parameters and FLOPs per token (model/counting.py)
-  peak_flops: float  # of the mesh's devices, for MFU
-  bleu_pairs: list  # held-out (source, target) pairs decoded for BLEU at each evaluation
 
   @property
   def tokens_per_step(self) -> int:
     return self.experiment.data.batch_size * self.experiment.data.seq_len
+
+  @functools.cached_property
+  def peak_flops(self) -> float:
+    """Of the mesh's devices, for MFU (measured on CPU: a matmul)."""
+    return counting.mesh_peak_flops(list(self.par.mesh.devices.flat))
+
+  @functools.cached_property
+  def bleu_pairs(self) -> list:
+    """Held-out (source, target) pairs decoded for BLEU at each evaluation (train.bleu_examples;
+    one process only: each host holds different examples)."""
+    n = self.experiment.train.bleu_examples
+    if not n:
+      return []
+    if jax.process_count() > 1:
+      _print('note: train.bleu_examples is ignored with several processes (BLEU needs one)')
+      return []
+    return evaluation.held_out_pairs(self.experiment, self.tokenizer, n)
 
   @property
   def summary_path(self) -> str:
@@ -118,16 +136,8 @@ def prepare(config: Any, workdir: str, devices: list | None,
     finetune.check_init_from(experiment)
   if _is_main():
     files.write_json(os.path.join(workdir, 'config.json'), experiment.to_dict())
-  bleu_pairs = []
-  if experiment.train.bleu_examples:
-    if jax.process_count() == 1:
-      bleu_pairs = evaluation.held_out_pairs(experiment, tokenizer,
-                                             experiment.train.bleu_examples)
-    else:  # each host holds different examples; beam search runs on the global params
-      _print('note: train.bleu_examples is ignored with several processes (BLEU needs one)')
   return Run(experiment, workdir, tokenizer, par, model, ckpts,
-             counting.summarize(experiment.model, experiment.data.seq_len),
-             counting.mesh_peak_flops(list(par.mesh.devices.flat)), bleu_pairs)
+             counting.summarize(experiment.model, experiment.data.seq_len))
 
 
 def _probe_workdir(workdir: str):
@@ -146,7 +156,11 @@ def _check_checkpoint_matches(ckpts: checkpoint.Checkpoints, abstract: Any, work
   saved = ckpts.saved_shapes(max(ckpts.steps())) if ckpts.steps() else None
   if saved is None:
     return  # no checkpoint, or an unreadable one: restore sets it aside and falls back
-  mismatch = models.first_mismatch(abstract.params, saved.get('params') or {}, dtypes=True)
+  saved_params = saved.get('params') or {}
+  mismatch = models.first_mismatch(abstract.params, saved_params, dtypes=True)
+  if mismatch is None:  # and nothing there that this model lacks (fewer layers, no bias...)
+    extra = models.first_mismatch(saved_params, abstract.params)
+    mismatch = extra and (extra[0], extra[2], 'absent')
   if mismatch:
     name, theirs, ours = mismatch
     raise ConfigError(f'--workdir={workdir} holds a checkpoint of a different model: parameter '
@@ -175,17 +189,23 @@ class LogWindow:
   def restart_clock(self, timed_from: int):
     self.timed_from, self.clock = timed_from, time.perf_counter()
 
-  def close(self, step: int, run: Run) -> tuple[dict[str, float], dict[str, float]]:
-    """(the window's mean train metrics, its throughput); then the window opens again."""
+  def exclude(self, seconds: float):
+    """Time spent on something else than training (evaluating, writing records)."""
+    self.clock += seconds
+
+  def close(self, step: int, tokens_per_step: int, flops_per_token: int, peak_flops: float
+            ) -> tuple[dict[str, float], dict[str, float]]:
+    """(the window's mean train metrics, its throughput: tokens/s and MFU); then the window
+    opens again."""
     host = jax.device_get(self.sums)
     n = step - self.opened_after
     means = {k: float(host[k]) / n for k in TRAIN_METRICS}
     speed = {}
     if step >= self.timed_from:  # a window of only the compiling first step has no throughput
       seconds = max(time.perf_counter() - self.clock, 1e-9)
-      tokens_per_sec = (step - self.timed_from + 1) * run.tokens_per_step / seconds
+      tokens_per_sec = (step - self.timed_from + 1) * tokens_per_step / seconds
       speed = dict(tokens_per_sec=tokens_per_sec,
-                   mfu=run.counts['flops_per_token'] * tokens_per_sec / run.peak_flops)
+                   mfu=flops_per_token * tokens_per_sec / peak_flops)
     self.opened_after, self.sums = step, None
     self.restart_clock(step + 1)
     return means, speed
@@ -206,19 +226,20 @@ class LogWindow:
 
 @dataclasses.dataclass
 class Progress:
-  """Where a run stands: its step, randomness, time and latest metrics."""
+  """Where a run stands (its step, randomness, time and latest metrics) and what it reads and
+  writes as it goes (the training batches, the metric files, the SIGTERM flag)."""
 
   step: int
   seed: int
   window: LogWindow
+  train_iter: Any
   wall_before: float = 0.0  # wall seconds of earlier sessions of the run
-  started: float = dataclasses.field(default_factory=time.perf_counter)
+  started: float = 0.0  # when this session's steps began (perf_counter)
   last_train: dict = dataclasses.field(default_factory=dict)  # the latest log window's means
-  last_eval: dict = dataclasses.field(default_factory=dict)  # the latest evaluation
+  last_eval: dict | None = None  # the latest evaluation (None: not computed in this session)
   saved_step: int | None = None  # the newest checkpoint's step
-  finished_summary: dict | None = None  # a run already finished: its summary
-  train_iter: Any = None
   writer: Any = None
+  stop: Any = None  # .requested: SIGTERM arrived
 
   @property
   def wall_seconds(self) -> float:
@@ -227,10 +248,11 @@ class Progress:
 
 def start(run: Run, stack: contextlib.ExitStack) -> tuple[Any, Progress]:
   """The train state and the run's progress: restored from the newest readable checkpoint, or
-  initialised; the training data positioned after the last step, the metric files opened."""
+  initialised; the training data positioned after the last step; then SIGTERM becomes a clean
+  stop (before metrics.jsonl appears: a sweep relies on it) and the metric files are opened."""
   exp, seed = run.experiment, run.experiment.train.seed
   restored = run.ckpts.restore_latest(run.par.abstract)
-  train_iter = pipeline.make_dataset(exp, 'train', run.tokenizer).__iter__()
+  train_iter = iter(pipeline.make_dataset(exp, 'train', run.tokenizer))
   stack.callback(train_iter.close)
   if restored is None:
     progress = Progress(step=0, seed=seed, window=LogWindow(0), train_iter=train_iter)
@@ -244,11 +266,8 @@ def start(run: Run, stack: contextlib.ExitStack) -> tuple[Any, Progress]:
                         window=LogWindow.restored(meta, step), train_iter=train_iter,
                         wall_before=meta.get('wall_seconds', 0.0), saved_step=step,
                         last_train=meta.get('last_train') or {})
-    if step >= exp.train.num_steps:
-      progress.finished_summary = _complete_summary(run.summary_path)
-      if progress.finished_summary is not None:
-        return None, progress
     state = run.par.restore(saved_state)
+  progress.stop = stack.enter_context(_sigterm_flag())
   progress.writer = metrics.MetricWriter(run.workdir, resume_step=progress.step,
                                          enabled=_is_main())
   stack.callback(progress.writer.close)
@@ -289,17 +308,10 @@ def _position_data(train_iter, data_state: Any, workdir: str, step: int):
         'changed? Restore them (see config.json) or use another --workdir') from None
 
 
-def _complete_summary(path: str) -> dict | None:
-  """summary.json if the run finished writing it (a kill just before it leaves none)."""
-  summary = files.read_json(path) or {}
-  complete = summary.get('status') == 'finished' and summary.get('final_train_loss') is not None
-  return summary if complete else None
-
-
 # --- the loop ------------------------------------------------------------------------------------
 
 
-def train_steps(run: Run, state: Any, progress: Progress, stop: '_StopFlag') -> Any:
+def train_steps(run: Run, state: Any, progress: Progress) -> Any:
   """Steps from progress.step to train.num_steps; returns the final state.
 
   Dispatching a step never waits for the device: the device runs ahead while the host takes the
@@ -309,47 +321,46 @@ def train_steps(run: Run, state: Any, progress: Progress, stop: '_StopFlag') -> 
   t = run.experiment.train
   rng, bad_step = jax.random.key(progress.seed), jnp.int32(-1)
   first_bad = jax.jit(lambda bad, finite, step: jnp.where((bad < 0) & ~finite, step, bad))
-  bar = _progress_bar(progress.step, t.num_steps)
   first = progress.step + 1
+  progress.started = time.perf_counter()
   progress.window.restart_clock(first)
-  for step in range(first, t.num_steps + 1):
-    with jax.transfer_guard_device_to_host('disallow'):
-      batch = next(progress.train_iter)
-      state, step_metrics = run.par.step(state, batch, rng)
-      bad_step = first_bad(bad_step, step_metrics['finite'], step)
-      progress.window.add(step_metrics)
-    bar.update(1)
-    progress.step = step
-    if step == first:  # it compiled the step: time from the next one
-      jax.block_until_ready(step_metrics)
-      progress.window.restart_clock(step + 1)
-    last = step == t.num_steps
-    record = {}
-    if step % t.log_every == 0 or last:
-      _fail_if_not_finite(bad_step, run)
-      progress.last_train, speed = progress.window.close(step, run)
-      record = dict(progress.last_train, learning_rate=float(step_metrics['learning_rate']),
-                    **speed)
-      bar.set_postfix(loss=f'{progress.last_train["loss"]:.3f}',
-                      tok_s=f'{speed.get("tokens_per_sec", 0):,.0f}')
-    paused = time.perf_counter()  # evaluating and writing records is not training time
-    if step % t.eval_every == 0 or last:
-      progress.last_eval = _evaluate(run, state, batch)
-      record.update(progress.last_eval)
-    if record:
-      progress.writer.write(step, record)
-    progress.window.clock += time.perf_counter() - paused
-    if step % t.checkpoint_every == 0 or last:
-      _fail_if_not_finite(bad_step, run)
-      _save(run, state, progress)
-    if _stop_agreed(stop, step, t.log_every):
-      _fail_if_not_finite(bad_step, run)
-      if progress.saved_step != step:
+  with _progress_bar(progress.step, t.num_steps) as bar:
+    for step in range(first, t.num_steps + 1):
+      with jax.transfer_guard_device_to_host('disallow'):
+        batch = next(progress.train_iter)
+        state, step_metrics = run.par.step(state, batch, rng)
+        bad_step = first_bad(bad_step, step_metrics['finite'], step)
+        progress.window.add(step_metrics)
+      bar.update(1)
+      progress.step, last = step, step == t.num_steps
+      if step == first:  # it compiled the step: time from the next one
+        jax.block_until_ready(step_metrics)
+        progress.window.restart_clock(step + 1)
+      record = {}
+      if step % t.log_every == 0 or last:
+        _fail_if_not_finite(bad_step, run)
+        progress.last_train, speed = progress.window.close(
+            step, run.tokens_per_step, run.counts['flops_per_token'], run.peak_flops)
+        record = dict(progress.last_train, learning_rate=float(step_metrics['learning_rate']),
+                      **speed)
+        bar.set_postfix(loss=f'{progress.last_train["loss"]:.3f}',
+                        tok_s=f'{speed.get("tokens_per_sec", 0):,.0f}')
+      paused = time.perf_counter()  # evaluating and writing records is not training time
+      if step % t.eval_every == 0 or last:
+        progress.last_eval = _evaluate(run, state, batch)
+        record.update(progress.last_eval)
+      if record:
+        progress.writer.write(step, record)
+      progress.window.exclude(time.perf_counter() - paused)
+      if step % t.checkpoint_every == 0 or last:
+        _fail_if_not_finite(bad_step, run)
         _save(run, state, progress)
-      bar.close()
-      raise Interrupted(f'SIGTERM at step {step}: checkpoint saved; run the same command to '
-                        'resume')
-  bar.close()
+      if _stop_agreed(progress.stop, step, t.log_every):
+        _fail_if_not_finite(bad_step, run)
+        if progress.saved_step != step:
+          _save(run, state, progress)
+        raise Interrupted(f'SIGTERM at step {step}: checkpoint saved; run the same command to '
+                          'resume')
   return state
 
 
@@ -402,7 +413,7 @@ def finish(run: Run, state: Any, progress: Progress) -> dict[str, Any]:
   if not progress.last_train:  # a checkpoint written before last_train was saved with it
     logged = [r for r in files.read_jsonl(progress.writer.path) if 'loss' in r]
     progress.last_train = {k: logged[-1][k] for k in TRAIN_METRICS} if logged else {}
-  if not progress.last_eval:
+  if progress.last_eval is None:  # stopped between its last checkpoint and its summary
     template = next(progress.train_iter) if jax.process_count() > 1 else None
     progress.last_eval = _evaluate(run, state, template)
   run.ckpts.wait()
@@ -437,7 +448,9 @@ def _sample_text(run: Run, state: Any) -> str:
 
 
 def _report(summary: dict, workdir: str):
-  line = f'done: {summary["steps"]} steps, train loss {summary["final_train_loss"]:.4f}'
+  train_loss = summary['final_train_loss']
+  line = f'done: {summary["steps"]} steps, train loss ' + (
+      'unknown' if train_loss is None else f'{train_loss:.4f}')
   if summary.get('final_eval_loss') is not None:
     line += f', eval loss {summary["final_eval_loss"]:.4f}'
   if 'eval_bits_per_byte' in summary:

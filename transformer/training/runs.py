@@ -71,3 +71,12 @@ def read_params(workdir: str, experiment: Experiment, step: int | None = None
     return step, ckpts.restore_params(step, abstract)
   finally:
     ckpts.close()
+
+
+def finished_summary(workdir: str, num_steps: int) -> dict | None:
+  """The run's summary.json if the run has finished (its summary complete, for at least
+  `num_steps` steps); None while it has not, or was stopped before writing all of it."""
+  summary = files.read_json(os.path.join(workdir, 'summary.json')) or {}
+  complete = (summary.get('status') == 'finished' and summary.get('steps', 0) >= num_steps
+              and summary.get('final_train_loss') is not None)
+  return summary if complete else None
