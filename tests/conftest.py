@@ -31,6 +31,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
+def pytest_collection_modifyitems(items):
+  """The slow tests first (stable: the others keep their order), so that the workers end
+  together instead of one waiting for a long test that started last."""
+  items.sort(key=lambda item: item.get_closest_marker('slow') is None)
+
+
 @pytest.fixture
 def rng():
   return np.random.default_rng(0)

@@ -248,6 +248,7 @@ def _command(module, *args):
                         text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_converted_gpt2_generates_and_fine_tunes(tmp_path, data_dir):
   source = tmp_path / 'hf'
   tokenizer = bpe_tokenizer(source)

@@ -11,6 +11,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from transformer.config import Experiment
 from transformer.data import pipeline
@@ -53,6 +54,7 @@ def saved_steps(workdir):
   return [int(d) for d in os.listdir(directory) if d.isdigit()] if directory.is_dir() else []
 
 
+@pytest.mark.slow
 def test_a_two_process_job_survives_a_dead_process_and_matches_one_process(tmp_path, data_dir):
   """Two processes train; one is killed; the other stops instead of hanging; both restart and
   resume from the last checkpoint; the whole loss curve and the final parameters are those of

@@ -247,6 +247,7 @@ def loss_curve(workdir):
           if 'loss' in r}
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_exact(tmp_path, data_dir):
   steps = ['--config.train.num_steps=16', '--config.train.eval_every=8']
   whole, killed = tmp_path / 'whole', tmp_path / 'killed'
