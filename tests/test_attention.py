@@ -87,6 +87,31 @@ def test_einsum_and_jax_implementations_agree(rng, case):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+MASK_SHAPES = [(2, 4, 5, 7), (2, 1, 5, 7), (2, 1, 1, 7), (2, 1, 5, 1), (1, 1, 5, 7),
+               (1, 4, 5, 7), (2, 4, 1, 7), (1, 1, 1, 7)]
+
+
+@pytest.mark.parametrize('K', [4, 2, 1])  # multi-head, grouped-query, multi-query
+def test_every_mask_shape_that_broadcasts_works_on_every_path(rng, K):
+  """A mask (and a bias) of any shape that broadcasts to (B, N, T, S) gives, on every path,
+  what the same mask spelled out in full gives (that one is checked against float64 above). A
+  (B, 1, 1, S) mask with grouped queries used to fail on the einsum path (a padding mask on
+  the keys alone: an encoder-decoder called with src_segment_ids only)."""
+  q, k, v = random_qkv(rng, K=K)
+  for shape in MASK_SHAPES:
+    mask = rng.random(shape) < 0.7
+    mask[..., 0] = True  # every query sees a key: the comparison below is not of zeros
+    bias = rng.normal(size=shape).astype(np.float32)
+    full_mask, full_bias = np.broadcast_to(mask, (2, 4, 5, 7)), np.broadcast_to(bias, (2, 4, 5, 7))
+    expected = attention.dot_product_attention(q, k, v, mask=full_mask, bias=full_bias)
+    expected_weights = attention.attention_weights(q, k, mask=full_mask, bias=full_bias)
+    for impl in ('einsum', 'xla'):
+      out = attention.dot_product_attention(q, k, v, mask=mask, bias=bias, impl=impl)
+      np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6, err_msg=f'{shape} {impl}')
+    np.testing.assert_allclose(attention.attention_weights(q, k, mask=mask, bias=bias),
+                               expected_weights, rtol=1e-5, atol=1e-7, err_msg=str(shape))
+
+
 def test_a_row_emptied_by_the_causal_mask_is_zero_on_every_path(rng):
   """Query 0 may only see keys the causal mask hides: it sees nothing, on both paths."""
   q, k, v = random_qkv(rng, T=4, S=4)

@@ -315,3 +315,16 @@ def test_sinusoidal_positions_take_any_length(rng):
   cfg = make_cfg(position='sinusoidal', max_len=8)
   params = models.init_params(cfg, jax.random.key(0))
   assert run(cfg, params, random_tokens(rng, (1, 40))).shape == (1, 40, 32)
+
+
+def test_grouped_queries_with_a_padding_mask_on_the_source_alone(rng):
+  """An encoder-decoder with grouped-query attention called with src_segment_ids only: its
+  cross-attention mask is (B, 1, 1, S). It used to fail on the einsum path; it must give what
+  the same call with every target token marked real gives."""
+  cfg = make_cfg('encoder_decoder', num_kv_heads=2, num_layers=1)
+  params = perturbed_params(cfg)
+  src, tgt = random_tokens(rng, (2, 6)), random_tokens(rng, (2, 5))
+  src_segment_ids = jnp.array([[1] * 6, [1] * 4 + [0] * 2])
+  alone = run(cfg, params, src, src_segment_ids, tgt)
+  both = run(cfg, params, src, src_segment_ids, tgt, jnp.ones((2, 5), int))
+  np.testing.assert_allclose(alone, both, rtol=1e-5, atol=1e-6)

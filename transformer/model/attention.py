@@ -134,9 +134,9 @@ def _einsum_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, bias, is_causal, sc
   logits_BxKxGTxS = jnp.einsum('BKQH,BKSH->BKQS', q_BxKxGTxH, k_BxKxSxH,
                                preferred_element_type=jnp.float32)
   if bias is not None:
-    logits_BxKxGTxS = logits_BxKxGTxS + _stacked(bias, K, G).astype(jnp.float32)
+    logits_BxKxGTxS = logits_BxKxGTxS + _stacked(bias, K, G, T).astype(jnp.float32)
   if mask is not None:  # hidden keys get weight exp(-huge) = 0; finite, so never NaN
-    hidden = jnp.where(_stacked(mask, K, G), 0.0, jnp.finfo(jnp.float32).min / 2)
+    hidden = jnp.where(_stacked(mask, K, G, T), 0.0, jnp.finfo(jnp.float32).min / 2)
     logits_BxKxGTxS = logits_BxKxGTxS + hidden
   weights_BxKxGTxS = jax.nn.softmax(logits_BxKxGTxS, axis=-1)
   if dropout_rate > 0.0 and dropout_rng is not None:
@@ -148,12 +148,16 @@ def _einsum_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask, bias, is_causal, sc
   return _zero_unseeing_queries(out_BxTxNxH, mask)
 
 
-def _stacked(x: jax.Array, K: int, G: int) -> jax.Array:
-  """(b, N or 1, t, s) -> (b, K or 1, G t, s): a mask or bias for queries stacked by group."""
+def _stacked(x: jax.Array, K: int, G: int, T: int) -> jax.Array:
+  """(b, N or 1, T or 1, s) -> (b, K or 1, G T, s): a mask or bias for queries stacked by group
+  (a mask shared by every query is spread over them first: the stacked axis interleaves the
+  groups' queries)."""
   b, n, t, s = x.shape
+  if t != T:
+    x = jnp.broadcast_to(x, (b, n, T, s))
   if n == 1:
     return jnp.tile(x, (1, 1, G, 1))
-  return x.reshape(b, K, G * t, s)
+  return x.reshape(b, K, G * T, s)
 
 
 def _zero_unseeing_queries(out_BxTxNxH: jax.Array, mask: jax.Array | None) -> jax.Array:
