@@ -1,24 +1,27 @@
-"""Files a run or a sweep writes: atomically, so a crash or a kill never leaves half a file."""
+"""Files a run or a sweep writes: atomically, so a crash or a kill never leaves half a file, and
+with the permissions any file the process creates gets (the umask's), so a team shares them."""
 
 import json
 import os
-import tempfile
+import uuid
 from typing import Any
 
 
 def atomic_write(path: str, text: str):
   """Writes `text` to `path` through a temporary file in the same directory and a rename: a
-  reader sees the old file or the new one, never a part."""
-  directory = os.path.dirname(os.path.abspath(path))
-  with tempfile.NamedTemporaryFile('w', dir=directory, delete=False, suffix='.tmp',
-                                   newline='') as f:
-    try:
+  reader sees the old file or the new one, never a part. (tempfile's files are private, 0600:
+  this one is created as open() creates files, 0666 less the umask.)"""
+  directory, name = os.path.split(os.path.abspath(path))
+  temporary = os.path.join(directory, f'.{name}.{uuid.uuid4().hex[:12]}.tmp')
+  fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+  try:
+    with os.fdopen(fd, 'w', newline='') as f:
       f.write(text)
-    except BaseException:
-      f.close()
-      os.remove(f.name)
-      raise
-  os.replace(f.name, path)
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+    raise
 
 
 def write_json(path: str, obj: Any):
