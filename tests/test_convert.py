@@ -337,6 +337,12 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path):
       convert.convert(str(source), str(to), overwrite=overwrite)
     assert '\n' not in str(error.value)
 
+  not_an_object = tmp_path / 'not_an_object'
+  not_an_object.mkdir()
+  for text, kind in (('[1, 2, 3]', 'array'), ('null', 'null'), ('"gpt2"', 'string')):
+    (not_an_object / 'config.json').write_text(text)
+    refused(not_an_object, run, f'config.json holds a JSON {kind}, not an object')
+
   no_weights = tmp_path / 'no_weights'
   no_weights.mkdir()
   (no_weights / 'config.json').write_text((tmp_path / 'gpt2' / 'config.json').read_text())

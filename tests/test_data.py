@@ -454,6 +454,19 @@ def test_data_command_shows_batches_and_throughput(data_dir):
   assert re.search(r'3 batches, [\d,]+ tokens in .* tokens/s', result.stdout)
 
 
+def test_preparing_without_network_says_so_in_seconds(tmp_path):
+  """TFDS's downloader retries for minutes offline; the network is probed first (here a name
+  that never resolves: RFC 2606's .invalid), so the command fails in seconds, in one line."""
+  env = {k: v for k, v in os.environ.items() if 'proxy' not in k.lower()}
+  result = subprocess.run(
+      [sys.executable, '-m', 'transformer.data', '--prepare', '--config.data.dataset=lm1b',
+       f'--config.data.data_dir={tmp_path}', '--network_probe=no-such-host.invalid:443'],
+      cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)  # the retries take 200 s
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert result.stderr.startswith('error: no network: no-such-host.invalid:443 cannot be reached')
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 # The command line's part; the rules themselves are tested in-process (below and test_config.py).
 @pytest.mark.parametrize('args,message', [
     (['--config.data.dataset=lm1b'], 'is not prepared in'),

@@ -158,6 +158,7 @@ BAD_FILES = {
     'no_get_config.py': ('x = 1\n', 'get_config'),
     'raises.py': ('def get_config():\n  raise RuntimeError("boom")\n', 'boom'),
     'returns_int.py': ('def get_config():\n  return 3\n', 'not a ConfigDict'),
+    'returns_none.py': ('def get_config():\n  pass\n', 'not a ConfigDict'),  # no log lines
 }
 
 

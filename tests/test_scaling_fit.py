@@ -243,3 +243,6 @@ def test_bad_results_name_what_is_expected(tmp_path):
   (tmp_path / 'results.csv').write_text('id,status,params_non_embedding\np0,finished,10\n')
   with pytest.raises(scaling.ResultsError, match='lacks the column.s. total_flops'):
     scaling.read_results(str(tmp_path))
+  (tmp_path / 'results.csv').write_bytes(b'id,status\n\xff\xfe,finished\n')  # not UTF-8
+  with pytest.raises(scaling.ResultsError, match='results.csv is not a CSV file in UTF-8'):
+    scaling.read_results(str(tmp_path))

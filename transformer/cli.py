@@ -146,6 +146,10 @@ def run(main: Callable, default_config: str = DEFAULT_CONFIG):
     fail(_override_error(e, sys.argv))
 
   def parse(argv):
+    # Loading the config file logs its own warnings before flags are parsed (get_config()
+    # returning None: "did you forget a return statement?"); the one-line error says it.
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.ERROR)
     try:
       return flags.FLAGS(argv)
     except flags.Error as e:

@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from transformer import files, plots as figures
+from transformer.errors import first_line
 from transformer.model.counting import format_count
 
 # ---------------------------------------------------------------------------------------------
@@ -327,9 +328,13 @@ def read_results(directory: str, metric: str = DEFAULT_METRIC) -> Results:
   if not os.path.isfile(path):
     raise ResultsError(f'{directory} holds no results.csv; expected a finished sweep directory '
                        '(python -m transformer.sweep --workdir=DIR writes it)')
-  with open(path, newline='') as f:
-    reader = csv.DictReader(f, restval='')
-    rows, header = list(reader), reader.fieldnames or []
+  try:
+    with open(path, newline='', encoding='utf-8') as f:
+      reader = csv.DictReader(f, restval='')
+      rows, header = list(reader), reader.fieldnames or []
+  except (UnicodeDecodeError, csv.Error) as e:
+    raise ResultsError(f'{path} is not a CSV file in UTF-8 ({first_line(e, 200)}); '
+                       'python -m transformer.sweep writes one') from None
   if not header:
     raise ResultsError(f'{path} is empty; expected a header row and one row per sweep point')
   _check_columns(path, header, rows, metric)

@@ -24,6 +24,9 @@ def define_flags():
   flags.DEFINE_enum('split', 'train', ['train', 'eval'], 'which split to read')
   flags.DEFINE_integer('batches', 20, 'batches to read (to measure throughput)')
   flags.DEFINE_integer('show', 2, 'rows of the first batch to print, decoded')
+  flags.DEFINE_string('network_probe', datasets.NETWORK_PROBE, '--prepare: HOST:PORT reached '
+                      'first, in seconds, to tell that there is no network (an offline download '
+                      "retries for minutes); '' skips it")
 
 
 def main(config, argv):
@@ -38,7 +41,7 @@ def main(config, argv):
   if f.prepare:
     print(f'preparing {data.dataset} in {data_dir} ...', flush=True)
     try:
-      datasets.prepare(data.dataset, data_dir)
+      datasets.prepare(data.dataset, data_dir, f.network_probe)
     except datasets.PrepareError as e:
       cli.fail(str(e), code=1)
   tokenizer = pipeline.get_tokenizer(experiment)

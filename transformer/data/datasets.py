@@ -15,6 +15,8 @@ import dataclasses
 import fcntl
 import os
 import pathlib
+import socket
+import threading
 from typing import Any
 
 from transformer.config import DataConfig
@@ -76,9 +78,13 @@ def prepare_command(name: str, data_dir: str) -> str:
           f'--config.data.data_dir={data_dir}')
 
 
-def prepare(name: str, data_dir: str):
-  """Downloads and prepares a TFDS dataset as ArrayRecord (needs network), or builds the
-  embedded corpus (needs nothing). Synthetic tasks need no preparation."""
+NETWORK_PROBE = 'storage.googleapis.com:443'  # reached in seconds on a machine with network
+
+
+def prepare(name: str, data_dir: str, network_probe: str = NETWORK_PROBE):
+  """Downloads and prepares a TFDS dataset as ArrayRecord (needs network: `network_probe` is
+  checked first), or builds the embedded corpus (needs nothing). Synthetic tasks need no
+  preparation."""
   spec = get_spec(name)
   if spec.tfds_name is None:
     return
@@ -86,12 +92,40 @@ def prepare(name: str, data_dir: str):
   if spec.tfds_name in EMBEDDED:
     build_embedded(spec.tfds_name, data_dir)
     return
+  check_network(network_probe, f'prepare {name} on a machine with network and copy {data_dir} '
+                'here')
   try:
     tfds.builder(spec.tfds_name, data_dir=data_dir,
                  file_format='array_record').download_and_prepare()
   except Exception as e:  # noqa: BLE001 - offline, disk full, ...: say it in one line
     raise PrepareError(f'could not prepare {name} in {data_dir}: {type(e).__name__}: '
                        f'{last_line(e)[:300]}') from None
+
+
+def check_network(probe: str, advice: str, timeout_s: float = 5.0):
+  """Raises PrepareError within about `timeout_s` when `probe` (HOST:PORT) cannot be reached:
+  offline, TFDS's downloader retries for minutes (each name lookup waiting for its timeout)
+  before it fails. Skipped for an empty probe, and behind a proxy (only the proxy knows)."""
+  proxies = ('HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy', 'ALL_PROXY', 'all_proxy')
+  if not probe or any(os.environ.get(name) for name in proxies):
+    return
+  host, _, port = probe.rpartition(':')
+  outcome: dict[str, Any] = {}
+
+  def connect():
+    try:
+      socket.create_connection((host, int(port)), timeout=timeout_s).close()
+      outcome['reached'] = True
+    except (OSError, ValueError) as e:
+      outcome['error'] = e
+
+  thread = threading.Thread(target=connect, daemon=True)  # a name lookup ignores the timeout
+  thread.start()
+  thread.join(timeout_s)
+  if not outcome.get('reached'):
+    reason = first_line(outcome['error']) if 'error' in outcome else f'no answer in {timeout_s:g} s'
+    raise PrepareError(f'no network: {probe} cannot be reached ({reason}); {advice} (or pass '
+                       '--network_probe= to try anyway)')
 
 
 def build_embedded(tfds_name: str, data_dir: str):

@@ -58,9 +58,15 @@ def read_hf_config(directory: str) -> dict:
           'holds it)')
   try:
     with open(path) as f:
-      return json.load(f)
+      hf = json.load(f)
   except (OSError, ValueError) as e:
     _fail(f'--from={directory}: config.json is not readable JSON ({e})')
+  if not isinstance(hf, dict):
+    kind = {list: 'array', str: 'string', bool: 'boolean', int: 'number', float: 'number'}.get(
+        type(hf), 'null')
+    _fail(f'--from={directory}: config.json holds a JSON {kind}, not an object of model '
+          'settings (save_pretrained writes one)')
+  return hf
 
 
 def read_hf_weights(directory: str) -> dict[str, np.ndarray]:
