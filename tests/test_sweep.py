@@ -98,6 +98,37 @@ def test_every_sweep_file_expands(path):
     assert len({p.config.sweep.flops_budget for p in points}) >= 3
 
 
+def test_command_line_values_win_over_derived_fields():
+  """`sweep --config.train.num_steps=100` trains every point 100 steps (its rule is not
+  applied, and the fields derived from it follow); a swept field cannot be set that way."""
+  sweep = sweeps.load_sweep(str(ROOT / 'configs' / 'sweeps' / 'model_size.py'), None)
+  config = studies.base()
+  config.train.num_steps = 100
+  points = sweeps.expand(config, sweep, ['train.num_steps'])
+  for p in points:
+    assert p.values['train.num_steps'] == p.config.train.num_steps == 100
+    assert p.values['train.eval_every'] == 100 and p.info['tokens'] == 100 * 16 * 128
+  assert sweeps.expand(studies.base(), sweep)[0].values['train.num_steps'] != 100
+  with pytest.raises(ConfigError, match=r'--config\.model\.d_model is swept by this sweep'):
+    sweeps.expand(config, sweep, ['model.d_model'])
+
+
+def test_the_command_line_of_a_sweep():
+  def sweep(*args):
+    return subprocess.run([sys.executable, '-m', 'transformer.sweep',
+                           '--config=configs/sweeps/model_size.py', *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+  plan = sweep('--config.train.num_steps=100', '--dry_run')
+  assert plan.returncode == 0, plan.stderr
+  assert 'train.num_steps=100 ' in plan.stdout and 'train.num_steps=488' not in plan.stdout
+  unknown = sweep('--config.nonexistent=1', '--dry_run')
+  assert unknown.returncode == 2
+  assert unknown.stderr.strip() == 'error: --config.nonexistent is not a field of the config'
+  usage = sweep('--help')
+  for flag in ('--dry_run', '--parallel', '--launcher', '--submitit', '--workdir'):
+    assert flag in usage.stdout, flag
+
+
 TINY_SWEEP = '''
 """A tiny sweep for tests.
 

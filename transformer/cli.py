@@ -24,13 +24,16 @@ def fail(message: str, code: int = INVALID_EXIT_CODE):
   sys.exit(code)
 
 
-def _override_error(error: BaseException, argv: list[str]) -> str:
-  """Names the --config.X=V override that does not match a field, with config_dict's hint."""
+def _override_error(error: BaseException, argv: list[str], anonymous: bool = True) -> str | None:
+  """Names the --config.X=V override that does not match a field, with config_dict's hint;
+  without one to name, a generic line (or None where `anonymous` is False)."""
   text = str(error).encode().decode('unicode_escape').replace('\\n', '\n')
   name = re.search(r"'(\w+)'", text)
   hint = re.search(r'Did you mean "\w+" instead of "\w+"\?', text)
   overrides = [a.split('=')[0] for a in argv if a.startswith('--config.')]
   culprit = next((o for o in overrides if name and name.group(1) in o.split('.')), None)
+  if culprit is None and not anonymous:
+    return None
   message = f'{culprit or "a --config override"} is not a field of the config'
   return f'{message}. {hint.group(0)}' if hint else message
 
@@ -155,9 +158,12 @@ def run(main: Callable, default_config: str = DEFAULT_CONFIG):
     except flags.Error as e:
       fail(last_line(e) if 'Error whilst parsing config file' not in str(e)
            else f'--config: {last_line(e)}')
-    except Exception as e:  # a config file that does not parse or whose get_config fails
+    except Exception as e:  # an override of no field; a config file that does not load
+      unknown = (_override_error(e, argv, anonymous=False)
+                 if isinstance(e, (AttributeError, KeyError)) else None)
       given = [a for a in argv if a.startswith('--config=')]
-      fail(f'{given[-1] if given else "--config"}: {type(e).__name__}: {last_line(e)}')
+      fail(unknown or f'{given[-1] if given else "--config"}: {type(e).__name__}: '
+           f'{last_line(e)}')
 
   def wrapped(argv):
     if not any(a.startswith(('--verbosity', '-v')) for a in sys.argv[1:]):

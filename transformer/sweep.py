@@ -42,15 +42,15 @@ def main(config, argv):
   if f.parallel < 1:
     cli.fail(f'--parallel={f.parallel} is invalid: must be >= 1')
   parameters = sweeps.parse_key_values(f.submitit or [])
+  overrides = dict(config_flags.get_override_values(f['config']))
   if f.dry_run:
-    sweeps.print_plan(sweeps.expand(config, sweep),
+    sweeps.print_plan(sweeps.expand(config, sweep, list(overrides)),
                       f.workdir if f.workdir and os.path.isdir(f.workdir) else None)
     return
   if not f.workdir:
     cli.fail('--workdir is required: the sweep directory (one subdirectory per point)')
   config_arg = os.path.abspath(path) + (f':{arg}' if arg else '')
-  code = sweeps.run_sweep(config, config_arg, sweep, f.workdir,
-                          dict(config_flags.get_override_values(f['config'])), f.parallel,
+  code = sweeps.run_sweep(config, config_arg, sweep, f.workdir, overrides, f.parallel,
                           f.launcher, parameters)
   raise SystemExit(code)
 

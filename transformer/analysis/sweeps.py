@@ -178,13 +178,26 @@ def _set(config, field: str, value: Any, where: str) -> Any:
   return node[name]
 
 
-def expand(config, sweep: Sweep) -> list[Point]:
+def _get(config, field: str) -> Any:
+  for name in field.split('.'):
+    config = config[name]
+  return config
+
+
+def expand(config, sweep: Sweep, fixed: Sequence[str] = ()) -> list[Point]:
   """The points of `sweep` over the base `config`, each validated as `train` would validate it.
+  `fixed`: fields the command line set (already in `config`): they win over a derived field
+  (its rule is not applied) and may not be swept.
 
   Raises ConfigError naming the point and the field: an empty grid, a field that does not
-  exist, an invalid point config, two points with the same values."""
+  exist, an invalid point config, two points with the same values, a swept field set on the
+  command line."""
   if not sweep.grid:
     raise ConfigError('the sweep is empty: get_sweep() returned a grid with no points')
+  swept = sorted({field for overrides in sweep.grid for field in overrides} & set(fixed))
+  if swept:
+    raise ConfigError(f'--config.{swept[0]} is swept by this sweep: every point sets it, so a '
+                      'command-line value would be replaced; leave it out (or change the grid)')
   points, seen = [], {}
   for n, overrides in enumerate(sweep.grid):
     pid = point_id(overrides)
@@ -197,6 +210,9 @@ def expand(config, sweep: Sweep) -> list[Point]:
       _set(point_config, field, value, where)
     derived = {}
     for field, fn in sweep.derived.items():
+      if field in fixed:  # the command line's value, shown as the value used
+        derived[field] = _get(point_config, field)
+        continue
       try:
         value = fn(point_config)
       except Exception as e:  # noqa: BLE001 - user code: name the point and the field
@@ -361,7 +377,7 @@ def run_sweep(config, config_arg: str, sweep: Sweep, workdir: str, cli_overrides
               parallel: int = 1, launcher: str = 'local', submitit_parameters: dict | None = None
               ) -> int:
   """Runs every unfinished point of `sweep` in DIR/<id>/; returns 0 if all finished, else 1."""
-  points = expand(config, sweep)
+  points = expand(config, sweep, list(cli_overrides))
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   swept = list(dict.fromkeys(f for p in points for f in p.overrides))
