@@ -10,12 +10,14 @@ previous checkpoints intact. On restore, a step that cannot be read is renamed t
 the parameters under AdamW).
 """
 
+import logging
 import os
+import sys
+import time
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-from absl import logging
 
 from transformer.errors import first_line
 
@@ -31,6 +33,7 @@ class Checkpoints:
                 'meta': ocp.JsonCheckpointHandler()}
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS,
                                           item_handlers=handlers)
+    _silence_failed_read_leftovers()
 
   def steps(self) -> list[int]:
     return list(self._manager.all_steps())
@@ -89,16 +92,11 @@ class Checkpoints:
       try:
         return read(step)
       except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: fall back
+        time.sleep(0.5)  # the failed read's other reads end now (silenced), not at exit
         reason = first_line(e, 200)
-        if not set_aside:
-          print(f'warning: checkpoint at step {step} is unreadable ({reason}); using the '
-                'previous one')
-          continue
-        aside = self._set_aside(step)
-        logging.warning('checkpoint at step %d is unreadable (%s); moved to %s, trying the '
-                        'previous one', step, reason, aside)
-        print(f'warning: checkpoint at step {step} is unreadable ({reason}); moved to '
-              f'{aside}; using the previous one')
+        moved = f'moved to {self._set_aside(step)}; ' if set_aside else ''
+        print(f'warning: checkpoint at step {step} is unreadable ({reason}); {moved}using the '
+              'previous one', flush=True)
     return None
 
   def _set_aside(self, step: int) -> str:
@@ -118,3 +116,33 @@ class Checkpoints:
   def close(self):
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _silence_failed_read_leftovers():
+  """When a read fails, the reads orbax still has in flight end on their own: each raises into
+  the asyncio loop orbax has closed ('Event loop is closed'), or in a coroutine nobody awaits
+  any more, where nothing can catch it; Python printed 100-200 such tracebacks (through
+  sys.unraisablehook, or sys.excepthook from tensorstore's threads), and asyncio logged each
+  task ("Task exception was never retrieved"). The failure itself is reported once, by the
+  caller. Once this process opens checkpoints, those leftovers are dropped; every other
+  exception is passed on (in this process only orbax uses asyncio)."""
+  if getattr(sys.unraisablehook, 'drops_failed_read_leftovers', False):
+    return
+  unraisable_hook, except_hook = sys.unraisablehook, sys.excepthook
+
+  def leftover(error, origin=None) -> bool:
+    closed_loop = isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'
+    code = getattr(origin, 'cr_code', None)  # a coroutine of orbax's that died unawaited
+    return closed_loop or (code is not None and f'{os.sep}orbax{os.sep}' in code.co_filename)
+
+  def on_unraisable(unraisable):
+    if not leftover(unraisable.exc_value, unraisable.object):
+      unraisable_hook(unraisable)
+
+  def on_exception(kind, error, traceback):
+    if not leftover(error):
+      except_hook(kind, error, traceback)
+
+  on_unraisable.drops_failed_read_leftovers = True
+  sys.unraisablehook, sys.excepthook = on_unraisable, on_exception
+  logging.getLogger('asyncio').setLevel(logging.CRITICAL)
