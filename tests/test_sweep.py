@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -207,6 +208,38 @@ def test_sweep_isolates_failures_skips_finished_and_runs_through_submitit(tmp_pa
   for point_id, mtime in finished.items():  # finished points were not run again
     assert os.path.getmtime(workdir / point_id / 'summary.json') == mtime
   assert [r['status'] for r in read_results(workdir)] == ['finished', 'failed', 'finished']
+
+
+def test_a_stopped_point_is_resumable_not_failed(tmp_path):
+  """A point whose process SIGTERM reached before its handler was installed (it dies by the
+  signal) or that saved and exited 143 is 'interrupted', which a relaunch runs again; only a
+  real failure is 'failed'. Real processes, real signals."""
+  config = importlib.util.spec_from_file_location('tiny', ROOT / 'configs' / 'default.py')
+  module = importlib.util.module_from_spec(config)
+  config.loader.exec_module(module)
+  point = sweeps.expand(module.get_config(), sweeps.Sweep(grid=[{'train.seed': 0}]))[0]
+  point_dir, workdir = tmp_path / point.id, str(tmp_path)
+  python = [sys.executable, '-c']
+  assert sweeps.point_status(point, workdir)[0] == 'pending'
+
+  killed = python + ['import os, signal; os.kill(os.getpid(), signal.SIGTERM)']
+  assert sweeps.run_point(killed, str(point_dir)) == -signal.SIGTERM
+  assert sweeps.point_status(point, workdir)[0] == 'interrupted'
+  assert not (point_dir / 'failed.json').exists()
+
+  failing = python + ['import sys; print("error: data.spm_model=x: no such file"); sys.exit(1)']
+  assert sweeps.run_point(failing, str(point_dir)) == 1
+  status, results = sweeps.point_status(point, workdir)
+  assert status == 'failed' and results['error'] == (
+      'exit code 1: error: data.spm_model=x: no such file'), results
+  assert not (point_dir / 'stopped.json').exists()
+
+  assert sweeps.run_point(python + ['import sys; sys.exit(143)'], str(point_dir)) == 143
+  assert sweeps.point_status(point, workdir)[0] == 'interrupted'
+  assert sweeps.run_point(python + ['pass'], str(point_dir)) == 0  # no summary: still to run
+  assert sweeps.point_status(point, workdir)[0] == 'pending'
+  assert sorted(p.name for p in point_dir.iterdir()) == ['train.log']
+  assert (point_dir / 'train.log').read_text().count('$ ') == 4
 
 
 def test_bad_sweep_exits_2_with_one_line_before_running(tmp_path):

@@ -244,12 +244,18 @@ def train_command(config_arg: str, workdir: str, values: dict[str, Any]) -> list
             if v is not None)]
 
 
+# Exit codes of a point that was stopped, not failed: it saved a checkpoint and exited 143, or
+# SIGTERM reached it before its handler was installed (while it started).
+STOPPED = (INTERRUPTED_EXIT_CODE, -signal.SIGTERM)
+
+
 def run_point(command: list[str], point_dir: str) -> int:
   """Runs one point's training command (output appended to point_dir/train.log); records a
-  failure in point_dir/failed.json (removed once the point succeeds). Returns the exit code.
-  The same function runs under every launcher (a local thread, a submitit job)."""
+  failure in point_dir/failed.json, a stop in point_dir/stopped.json (both removed once the
+  point succeeds). Returns the exit code. The same function runs under every launcher (a local
+  thread, a submitit job)."""
   os.makedirs(point_dir, exist_ok=True)
-  failed = os.path.join(point_dir, 'failed.json')
+  failed, stopped = (os.path.join(point_dir, f'{name}.json') for name in ('failed', 'stopped'))
   log_path = os.path.join(point_dir, 'train.log')
   with open(log_path, 'a') as log:
     log.write('$ ' + ' '.join(command) + '\n')
@@ -261,10 +267,12 @@ def run_point(command: list[str], point_dir: str) -> int:
       code = process.wait()
     finally:
       _RUNNING.discard(process)
-  if code == 0:
-    if os.path.exists(failed):
-      os.remove(failed)
-  elif code != INTERRUPTED_EXIT_CODE:
+  for path in (failed, stopped):
+    if os.path.exists(path):
+      os.remove(path)
+  if code in STOPPED:
+    files.write_json(stopped, {'returncode': code})
+  elif code != 0:
     files.write_json(failed, {'returncode': code, 'error': _error_line(log_path, code)})
   return code
 
@@ -279,12 +287,13 @@ def _error_line(log_path: str, code: int) -> str:
   lines = [line.strip() for line in tail.replace('\r', '\n').splitlines() if line.strip()]
   errors = [line[line.index('error:'):] for line in lines if 'error:' in line]
   line = errors[-1] if errors else (lines[-1] if lines else '')
-  signal = f' (signal {-code})' if code < 0 else ''
-  return f'exit code {code}{signal}: {line[:500]}'
+  by_signal = f' (signal {-code})' if code < 0 else ''
+  return f'exit code {code}{by_signal}: {line[:500]}'
 
 
 def point_status(point: Point, workdir: str) -> tuple[str, dict[str, Any]]:
-  """(status, results) from the files of DIR/<id>: finished, failed, interrupted or pending."""
+  """(status, results) from the files of DIR/<id>: finished, failed, interrupted (stopped: a
+  relaunch resumes it) or pending."""
   point_dir = os.path.join(workdir, point.id)
   summary = runs.finished_summary(point_dir, point.config.train.num_steps)
   if summary is not None:  # as train decides it (an incomplete summary is finished by a rerun)
@@ -292,8 +301,7 @@ def point_status(point: Point, workdir: str) -> tuple[str, dict[str, Any]]:
   if os.path.exists(os.path.join(point_dir, 'failed.json')):
     with open(os.path.join(point_dir, 'failed.json')) as f:
       return 'failed', {'error': json.load(f)['error']}
-  checkpoints = os.path.join(point_dir, 'checkpoints')
-  if os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints)):
+  if runs.has_checkpoint(point_dir) or os.path.exists(os.path.join(point_dir, 'stopped.json')):
     return 'interrupted', {}
   return 'pending', {}
 
@@ -413,6 +421,8 @@ def run_sweep(config, config_arg: str, sweep: Sweep, workdir: str, cli_overrides
           f', loss {loss:.4f}' if isinstance(loss, float) else '')
     elif code == INTERRUPTED_EXIT_CODE:
       what = 'interrupted (checkpoint saved; relaunch to resume)'
+    elif code in STOPPED:
+      what = 'stopped while it started (relaunch to run it)'
     else:
       what = f'FAILED: {results.get("error", f"exit code {code}")}; see {point.id}/train.log'
     print(f'[{finished_count[0]}/{len(jobs)}] {point.id}: {what}', flush=True)
