@@ -1,5 +1,6 @@
 """Atomic files: whole or absent, and readable by whom the umask says (not private)."""
 
+import errno
 import json
 import os
 import stat
@@ -35,3 +36,27 @@ def test_a_runs_files_are_readable_by_the_team(trained_lm):
   expected = stat.S_IMODE(os.stat(os.path.join(trained_lm, 'loss.png')).st_mode)
   for name in ('config.json', 'metrics.jsonl', 'summary.json', 'sample.txt'):
     assert stat.S_IMODE(os.stat(os.path.join(trained_lm, name)).st_mode) == expected, name
+
+
+def test_storage_errors_are_found_where_libraries_wrap_them():
+  full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), '/ckpt/8')
+  try:
+    try:
+      raise full
+    except OSError as e:
+      raise RuntimeError('commit failed') from e  # a library's wrapper
+  except RuntimeError as wrapped:
+    assert files.storage_errno(wrapped) == errno.ENOSPC
+  # tensorstore carries the errno as text only
+  text = ValueError('RESOURCE_EXHAUSTED: Error writing "x": [OS error: Read-only file system]')
+  assert files.storage_errno(text) == errno.EROFS
+  assert files.storage_errno(ValueError('shapes differ')) is None
+  assert files.storage_errno(FileNotFoundError(errno.ENOENT, 'missing')) is None  # not storage
+  assert files.describe_errno(errno.ENOSPC) == 'No space left on device (ENOSPC)'
+
+
+def test_probing_a_directory_creates_it_and_leaves_nothing(tmp_path):
+  assert files.probe_writable(tmp_path / 'a' / 'b') is None
+  assert os.listdir(tmp_path / 'a' / 'b') == []
+  (tmp_path / 'file').write_text('x')
+  assert files.probe_writable(tmp_path / 'file' / 'run') == errno.ENOTDIR

@@ -388,6 +388,95 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path, data_dir):
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
 
+# --- storage that refuses writes (as root, with real mounts) ------------------------------------
+
+
+def mount(*args):
+  if os.geteuid() != 0:
+    pytest.skip('mounting a file system needs root')
+  result = subprocess.run(['mount', *map(str, args)], capture_output=True, text=True)
+  if result.returncode != 0:
+    pytest.skip(f'mount {" ".join(map(str, args))} failed: {result.stderr.strip()}')
+
+
+@pytest.fixture
+def mounts():
+  """mount(...) for the test; every mount it made is undone afterwards."""
+  made = []
+
+  def _mount(*args):
+    mount(*args)
+    made.append(args[-1])
+  yield _mount
+  for target in reversed(made):
+    subprocess.run(['umount', '-l', str(target)], capture_output=True)
+
+
+def error_lines(stderr):
+  """stderr without the progress bar's lines: what a user reads in a log."""
+  return [line for line in stderr.strip().splitlines() if '%|' not in line]
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_the_run_resumes_once_it_has_room(
+    tmp_path, data_dir, mounts):
+  disk = tmp_path / 'disk'
+  disk.mkdir()
+  mounts('-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', disk)  # room for one checkpoint (1.6 MB)
+  run, args = disk / 'run', ['--config.train.num_steps=12', '--config.train.eval_every=12']
+  full = subprocess.run(train_command(run, data_dir, *args), cwd=ROOT, capture_output=True,
+                        text=True, timeout=120)
+  assert full.returncode == 1, full.stderr[-2000:]
+  assert error_lines(full.stderr) == [
+      f'error: cannot save the checkpoint of step 8 in {run}/checkpoints: No space left on '
+      'device (ENOSPC); the checkpoint of step 4 is intact. Free space or make the directory '
+      'writable, then run the same command to resume'], full.stderr[-3000:]
+  assert os.listdir(run / 'checkpoints') == ['4']  # the partial step 8 was removed
+  mount('-o', 'remount,size=100m', disk)
+  resumed = subprocess.run(train_command(run, data_dir, *args), cwd=ROOT, capture_output=True,
+                           text=True, timeout=120)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert 'resuming at step 4 of 12' in resumed.stdout
+  assert runs.finished_summary(str(run), 12) is not None
+
+
+def test_a_read_only_checkpoints_directory_is_refused_before_compiling_or_stops_the_run(
+    tmp_path, data_dir, mounts):
+  checkpoints = tmp_path / 'checkpoints'
+  checkpoints.mkdir()
+  mounts('--bind', checkpoints, checkpoints)
+  args = ['--config.train.num_steps=40', '--config.train.eval_every=40']
+  # Read-only from the start: refused at once (it used to wait 300 s, printing tracebacks).
+  mount('-o', 'remount,ro,bind', checkpoints)
+  refused = subprocess.run(train_command(tmp_path, data_dir, *args), cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+  assert refused.returncode == 2, refused.stderr[-2000:]
+  assert refused.stderr.strip() == (f'error: --workdir={tmp_path}: {checkpoints} is not '
+                                    'writable: Read-only file system (EROFS)')
+  # Made read-only while the run saves: it stops with the last good checkpoint.
+  mount('-o', 'remount,rw,bind', checkpoints)
+  process = subprocess.Popen(train_command(tmp_path, data_dir, *args), cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 120
+  while time.time() < deadline and 4 not in saved_steps(tmp_path):
+    time.sleep(0.02)
+  mount('-o', 'remount,ro,bind', checkpoints)
+  _, err = process.communicate(timeout=120)
+  assert process.returncode == 1, err[-2000:]
+  [line] = error_lines(err)
+  stopped = re.fullmatch(  # step 8's save, unless it was over before the remount
+      rf'error: cannot save the checkpoint of step (\d+) in {checkpoints}: Read-only file system '
+      r'\(EROFS\); the checkpoint of step (\d+) is intact. Free space or make the directory '
+      r'writable, then run the same command to resume', line)
+  assert stopped, err[-3000:]
+  assert saved_steps(tmp_path)[-1] == int(stopped.group(2)) < int(stopped.group(1))
+  mount('-o', 'remount,rw,bind', checkpoints)
+  resumed = subprocess.run(train_command(tmp_path, data_dir, *args), cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f'resuming at step {stopped.group(2)} of 40' in resumed.stdout
+  assert runs.finished_summary(str(tmp_path), 40) is not None
+
+
 def read_tensorboard_scalars(directory):
   """Scalar tags in TensorBoard event files, parsed from the record format directly."""
   from tensorboardX.proto import event_pb2

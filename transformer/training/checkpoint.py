@@ -8,18 +8,27 @@ previous checkpoints intact. On restore, a step that cannot be read is renamed t
 `N.corrupted` (kept, never deleted) and the previous one is used. Reading a trained model
 (`restore_params`) reads the parameters alone, not the optimizer's state (two more copies of
 the parameters under AdamW).
+
+A save that storage refuses (a full disk, a read-only or forbidden directory) raises RunFailed,
+one line naming the directory and the errno: at once if the step's directory cannot be created,
+else at the first `check()` after the background write failed (the loop checks after every
+step). The previous checkpoints stay intact; the failed step's temporary directory is removed.
 """
 
+import contextlib
 import logging
 import os
+import shutil
 import sys
+import threading
 import time
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
-from transformer.errors import first_line
+from transformer import files
+from transformer.errors import RunFailed, first_line
 
 ITEMS = ('state', 'data', 'meta')
 
@@ -27,13 +36,19 @@ ITEMS = ('state', 'data', 'meta')
 class Checkpoints:
   def __init__(self, directory: str, keep: int = 3):
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
-                                           create=True)
+    # The step's directory is created in the calling thread: created in the background (orbax's
+    # default), a refusal left the caller waiting 300 s for a signal that never came.
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=True, create=True,
+        async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
     handlers = {'state': ocp.StandardCheckpointHandler(), 'data': ocp.JsonCheckpointHandler(),
                 'meta': ocp.JsonCheckpointHandler()}
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS,
                                           item_handlers=handlers)
+    self._saving: int | None = None  # the step of the newest save
+    self._failure: Exception | None = None  # the failure of a background save, once known
     _silence_failed_read_leftovers()
+    _drop_orbax_error_logs()
 
   def steps(self) -> list[int]:
     return list(self._manager.all_steps())
@@ -48,10 +63,47 @@ class Checkpoints:
       return None
 
   def save(self, step: int, state: Any, data_state: dict, meta: dict):
-    """Starts an asynchronous save; returns once the arrays are copied off the devices."""
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-        meta=ocp.args.JsonSave(meta)), force=True)
+    """Starts an asynchronous save; returns once the arrays are copied off the devices (and the
+    previous save has ended). A thread waits for it in the background, so that `check()` knows
+    of a failure without waiting."""
+    self.wait()
+    self._saving = step
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+          meta=ocp.args.JsonSave(meta)), force=True)
+    except Exception as e:  # noqa: BLE001 - storage errors become one line; others stay as they are
+      raise self._failed(step, e) from None
+    threading.Thread(target=self._watch, args=(step,), name='checkpoint-watch', daemon=True
+                     ).start()
+
+  def _watch(self, step: int):
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - reported by check(), in the caller's thread
+      self._failure = self._failed(step, e)
+
+  def check(self):
+    """Raises the failure of a background save, if one has failed (without waiting)."""
+    if self._failure is not None:
+      raise self._failure
+
+  def _failed(self, step: int, error: Exception) -> Exception:
+    """RunFailed naming the directory and the errno of a save that storage refused; any other
+    error as it is."""
+    code = files.storage_errno(error)
+    if code is None:
+      return error
+    kept = [s for s in self._steps_on_disk() if s != step]
+    intact = (f'the checkpoint of step {max(kept)} is intact' if kept else
+              'no checkpoint was saved')
+    return RunFailed(f'cannot save the checkpoint of step {step} in {self.directory}: '
+                     f'{files.describe_errno(code)}; {intact}. Free space or make the directory '
+                     'writable, then run the same command to resume')
+
+  def _steps_on_disk(self) -> list[int]:
+    names = os.listdir(self.directory) if os.path.isdir(self.directory) else []
+    return [int(n) for n in names if n.isdigit()]
 
   def restore_step(self, step: int, abstract_state: Any) -> tuple[int, Any, dict, dict]:
     """(step, state, data_state, meta) of checkpoint `step`; raises if it cannot be read."""
@@ -111,11 +163,51 @@ class Checkpoints:
     return aside
 
   def wait(self):
-    self._manager.wait_until_finished()
+    """Waits for the save in flight; RunFailed (see `save`) if it failed."""
+    self.check()
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - as in save
+      raise self._failed(self._saving, e) from None
 
   def close(self):
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for the save in flight (RunFailed if it failed, unless that was reported already)
+    and closes orbax's manager. After a failure, the failed step's temporary directory is
+    removed: it holds what filled the disk, and a resumed run ignores it anyway."""
+    failed = self._failure is not None
+    try:
+      if not failed:
+        self.wait()
+    except BaseException:
+      failed = True
+      raise
+    finally:
+      if failed:
+        self._remove_temporary()
+      with contextlib.suppress(Exception) if failed else contextlib.nullcontext():
+        self._manager.close()  # after a failure, it waits again for the failed save: ignored
+
+  def _remove_temporary(self):
+    if jax.process_index() == 0 and os.path.isdir(self.directory):
+      for name in os.listdir(self.directory):
+        if '.orbax-checkpoint-tmp' in name:
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
+
+def _drop_orbax_error_logs():
+  """orbax logs each failure of a background save with its traceback, several times (the
+  writing thread, the committing thread, the finalising thread, each waiter): 5-95 tracebacks
+  for one full disk. Every such failure reaches this module as an exception, which the run
+  reports in one line; orbax's error records are dropped (its warnings are kept)."""
+  absl_logger = logging.getLogger('absl')
+  if any(isinstance(f, _OrbaxErrors) for f in absl_logger.filters):
+    return
+  absl_logger.addFilter(_OrbaxErrors())
+
+
+class _OrbaxErrors(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno < logging.ERROR or f'{os.sep}orbax{os.sep}' not in record.pathname
 
 
 def _silence_failed_read_leftovers():

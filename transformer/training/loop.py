@@ -63,19 +63,28 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
   """Trains an experiment (an `Experiment`, or a ConfigDict validated here) in `workdir`,
   resuming if it holds a run; returns the summary. `devices`: the devices of the mesh (default:
   every device of every process). Raises ConfigError (bad input, before anything compiles),
-  Interrupted (SIGTERM during the steps: checkpoint saved) or RunFailed (a non-finite loss).
+  Interrupted (SIGTERM during the steps: checkpoint saved) or RunFailed (a non-finite loss;
+  storage that refuses a write: a full disk, a read-only directory).
   A SIGTERM that arrives after the last step was saved (while the summary and the sample are
   written) lets the run finish: it is complete."""
-  with contextlib.ExitStack() as stack:
-    run = prepare(config, workdir, devices, stack)
-    finished = runs.finished_summary(workdir, run.experiment.train.num_steps)
-    if finished is not None:
-      _print(f'{workdir} has finished ({finished["steps"]} steps); nothing to do')
-      return finished
-    state, progress = start(run, stack)
-    _announce(run, progress)
-    state = train_steps(run, state, progress)
-    return finish(run, state, progress)
+  try:
+    with contextlib.ExitStack() as stack:
+      run = prepare(config, workdir, devices, stack)
+      finished = runs.finished_summary(workdir, run.experiment.train.num_steps)
+      if finished is not None:
+        _print(f'{workdir} has finished ({finished["steps"]} steps); nothing to do')
+        return finished
+      state, progress = start(run, stack)
+      _announce(run, progress)
+      state = train_steps(run, state, progress)
+      return finish(run, state, progress)
+  except OSError as e:  # storage that refuses a write (metrics, events, summary, plot)
+    code = files.storage_errno(e)
+    if code is None:
+      raise
+    raise RunFailed(f'cannot write {e.filename or workdir}: {files.describe_errno(code)}; the '
+                    f'checkpoints in {workdir}/checkpoints are intact: free space or make the '
+                    'directory writable, then run the same command to resume') from None
 
 
 # --- prepare -------------------------------------------------------------------------------------
@@ -141,14 +150,16 @@ def prepare(config: Any, workdir: str, devices: list | None,
 
 
 def _probe_workdir(workdir: str):
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise ConfigError(f'--workdir={workdir} is not writable: {e.strerror or e}') from None
+  """Every directory the run writes must take a file, before anything compiles (a read-only
+  checkpoints/ in a writable workdir used to fail only at the first save, in orbax's
+  background thread)."""
+  for directory in (workdir, os.path.join(workdir, 'checkpoints'),
+                    os.path.join(workdir, 'tensorboard')):
+    code = files.probe_writable(directory)
+    if code is not None:
+      where = '' if directory == workdir else f': {directory}'
+      raise ConfigError(f'--workdir={workdir}{where} is not writable: '
+                        f'{files.describe_errno(code)}')
 
 
 def _check_checkpoint_matches(ckpts: checkpoint.Checkpoints, abstract: Any, workdir: str):
@@ -332,6 +343,7 @@ def train_steps(run: Run, state: Any, progress: Progress) -> Any:
         bad_step = first_bad(bad_step, step_metrics['finite'], step)
         progress.window.add(step_metrics)
       bar.update(1)
+      run.ckpts.check()  # a background save that failed stops the run now
       progress.step, last = step, step == t.num_steps
       if step == first:  # it compiled the step: time from the next one
         jax.block_until_ready(step_metrics)
