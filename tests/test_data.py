@@ -515,3 +515,20 @@ def test_a_sentencepiece_model_of_the_wrong_size_is_rejected(spm_config):
   with pytest.raises(ConfigError, match='data.vocab_size=8000 is invalid: the SentencePiece '
                                         'model'):
     pipeline.get_tokenizer(Experiment.from_config(config))
+
+
+def test_rows_render_as_the_model_sees_them():
+  """Packed documents apart, specials by name, padding left out, multi-byte text whole."""
+  tok = BYTES
+  text = list('héllo'.encode())
+  ids = [tok.bos_id, *text, tok.eos_id, tok.bos_id, ord('a'), tok.mask_id, ord('b'), 0, 0]
+  segments = [1] * 8 + [2] * 4 + [0, 0]
+  assert tokenizers.render(tok, ids, segments) == '<bos>héllo<eos> ‖ <bos>a[MASK]b'
+  assert tokenizers.render(tok, [tok.bos_id, ord('q'), tok.sep_id, ord('a'), 0]) == \
+      '<bos>q<sep>a'
+  result = data_command('--config.data.dataset=copy', '--config.data.seq_len=64', '--batches=1',
+                        '--show=1')
+  assert result.returncode == 0, result.stderr
+  inputs = re.search(r"\[0\]\s+inputs: '(.*)'", result.stdout).group(1)
+  documents = inputs.split(' ‖ ')
+  assert len(documents) > 1 and all(re.fullmatch(r'<bos>([a-z]+)<sep>\1', d) for d in documents)

@@ -444,7 +444,7 @@ def test_a_read_only_checkpoints_directory_is_refused_before_compiling_or_stops_
   checkpoints = tmp_path / 'checkpoints'
   checkpoints.mkdir()
   mounts('--bind', checkpoints, checkpoints)
-  args = ['--config.train.num_steps=40', '--config.train.eval_every=40']
+  args = ['--config.train.num_steps=16', '--config.train.eval_every=16']
   # Read-only from the start: refused at once (it used to wait 300 s, printing tracebacks).
   mount('-o', 'remount,ro,bind', checkpoints)
   refused = subprocess.run(train_command(tmp_path, data_dir, *args), cwd=ROOT,
@@ -473,8 +473,8 @@ def test_a_read_only_checkpoints_directory_is_refused_before_compiling_or_stops_
   resumed = subprocess.run(train_command(tmp_path, data_dir, *args), cwd=ROOT,
                            capture_output=True, text=True, timeout=120)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert f'resuming at step {stopped.group(2)} of 40' in resumed.stdout
-  assert runs.finished_summary(str(tmp_path), 40) is not None
+  assert f'resuming at step {stopped.group(2)} of 16' in resumed.stdout
+  assert runs.finished_summary(str(tmp_path), 16) is not None
 
 
 def read_tensorboard_scalars(directory):

@@ -38,6 +38,7 @@ DTYPES = ('float32', 'bfloat16', 'float16')
 PARAMETRIZATIONS = ('sp', 'mup')
 TOKENIZERS = ('byte', 'sentencepiece', 'huggingface')
 SPM_TYPES = ('unigram', 'bpe')
+TEXT_UNITS = ('file', 'paragraph', 'line')  # a document of a plain-text file (data.text_unit)
 BLEU_TOKENIZERS = ('13a', 'intl', 'char', 'none')  # sacrebleu's
 OPTIMIZERS = ('adamw', 'adafactor', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'linear', 'rsqrt')
@@ -260,7 +261,8 @@ class DataConfig(_Section):
   dataset: str = _field(
       'shakespeare', 'see transformer/data/datasets.py: shakespeare (embedded, offline), '
       'tiny_shakespeare, lm1b, wmt14_translate/de-en, wmt17_translate/de-en, imdb_reviews, '
-      'glue/sst2, or a synthetic task: copy, reverse, sort, addition, recall')
+      'glue/sst2, a synthetic task: copy, reverse, sort, addition, recall, or files (your '
+      'own: data.train_files)')
   seq_len: int = _field(256, 'tokens per row (source and target each, for encoder_decoder)')
   batch_size: int = _field(32, 'rows per step, summed over all devices and hosts')
   data_dir: str = _field('', 'TFDS data directory and tokenizer cache; \'\' = $TFDS_DATA_DIR or '
@@ -290,6 +292,25 @@ class DataConfig(_Section):
                               'operand)')
   recall_distance: int = _field(16, 'synthetic recall: characters between the stored pair and '
                                 'the query')
+  train_files: str = _field('', 'files: the training files, globs separated by commas: text '
+                            '(.txt), JSON Lines (.jsonl, .jsonl.gz, .jsonl.zst) or Parquet; '
+                            'converted once into ArrayRecord shards in the data directory')
+  eval_files: str = _field('', 'files: the evaluation files; \'\' = hold out '
+                           'data.eval_fraction of the training documents')
+  eval_fraction: float = _field(0.01, 'files: documents held out for evaluation without '
+                                'data.eval_files, chosen by a hash of their content')
+  text_unit: str = _field('file', 'files, plain text: one document per file, per paragraph '
+                          '(blank-line separated) or per line')
+  text_field: str = _field('text', 'files, JSON Lines / Parquet: the text (of text and '
+                           'labelled data)')
+  source_field: str = _field('', 'files: the source (or prompt) of pairs; with '
+                             'data.target_field, the data holds pairs')
+  target_field: str = _field('', 'files: the target (or answer) of pairs')
+  label_field: str = _field('', 'files: the label of labelled data (integers from 0, or names: '
+                            'classes in sorted order)')
+  skip_bad_records: bool = _field(False, 'files: skip records that cannot be read (bad JSON, '
+                                  'a missing field, invalid UTF-8) and count them, instead of '
+                                  'stopping at the first')
   num_workers: int = _field(0, 'grain worker processes (0: read in the training process)')
   read_threads: int = _field(0, 'threads reading records; 8-16 pay off on remote file systems '
                              '(GCS)')
@@ -309,6 +330,30 @@ class DataConfig(_Section):
     if not 0.0 < self.mask_rate < 1.0:
       self._fail('mask_rate', 'must be in (0, 1)')
     self._non_negative('num_workers', 'prefetch', 'read_threads')
+    if self.dataset == 'files':
+      self._check_files()
+
+  @property
+  def files_kind(self) -> str:
+    """What data.dataset='files' holds: pairs, labelled or text, by the fields named."""
+    if self.source_field or self.target_field:
+      return 'pairs'
+    return 'labelled' if self.label_field else 'text'
+
+  def _check_files(self):
+    if not self.train_files.strip(' ,'):
+      self._fail('train_files', "must name the training files (globs separated by commas) "
+                 "with data.dataset='files'")
+    self._one_of('text_unit', TEXT_UNITS)
+    if not self.eval_files and not 0.0 < self.eval_fraction < 1.0:
+      self._fail('eval_fraction', 'must be in (0, 1) without data.eval_files')
+    if bool(self.source_field) != bool(self.target_field):
+      empty = 'target_field' if self.source_field else 'source_field'
+      self._fail(empty, 'must be set too: pairs need data.source_field and data.target_field')
+    if self.source_field and self.label_field:
+      self._fail('label_field', 'must be empty for pairs (data.source_field is set)')
+    if self.files_kind != 'pairs' and not self.text_field:
+      self._fail('text_field', f'must name the text field of {self.files_kind} data')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,8 +5,8 @@
   python -m transformer.data --prepare --config.data.dataset=lm1b  # download + prepare (network)
 
 --prepare downloads and prepares a TFDS dataset as ArrayRecord (the format grain reads), builds
-the embedded corpus, and trains (and caches) a SentencePiece tokenizer when the config asks for
-one. Everything else runs offline.
+the embedded corpus, converts your own files (data.dataset=files), and trains (and caches) a
+SentencePiece tokenizer when the config asks for one. Everything else runs offline.
 """
 
 import sys
@@ -16,7 +16,7 @@ from absl import flags
 
 from transformer import cli
 from transformer.config import Experiment
-from transformer.data import datasets, pipeline
+from transformer.data import datasets, pipeline, tokenizers
 
 
 def define_flags():
@@ -41,9 +41,10 @@ def main(config, argv):
   if f.prepare:
     print(f'preparing {data.dataset} in {data_dir} ...', flush=True)
     try:
-      datasets.prepare(data.dataset, data_dir, f.network_probe)
+      datasets.prepare(data, f.network_probe)
     except datasets.PrepareError as e:
       cli.fail(str(e), code=1)
+  pipeline.prepare_data(experiment)
   tokenizer = pipeline.get_tokenizer(experiment)
   summary = (f'dataset {data.dataset} ({spec.kind}) -> task {experiment.task} for '
              f'{experiment.model.family}; {data.tokenizer} tokenizer, vocabulary '
@@ -66,10 +67,15 @@ def main(config, argv):
     cli.fail(f'the {f.split} split of {data.dataset} gave no batch', code=1)
   first = batches[0]
   print('batch:', ', '.join(f'{k} {v.shape} {v.dtype}' for k, v in sorted(first.items())))
+  print(f'rows as the model sees them: {tokenizers.DOCUMENT_BREAK.strip()} separates packed '
+        'documents; padding is left out')
   for row in range(min(f.show, len(first['inputs']))):
     for key in ('inputs', 'decoder_inputs', 'targets'):
       if key in first:
-        print(f'  [{row}] {key:>14}: {tokenizer.decode(first[key][row])!r}'[:200])
+        segments = first.get('targets_segment_ids' if key != 'inputs' else 'inputs_segment_ids',
+                             first.get('segment_ids'))
+        text = tokenizers.render(tokenizer, first[key][row], segments[row])
+        print(f'  [{row}] {key:>14}: {text!r}'[:300])
     if 'label' in first:
       print(f'  [{row}] {"label":>14}: {first["label"][row]}')
   weights = sum(float(b['weights'].sum()) for b in batches)

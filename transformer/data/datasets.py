@@ -7,7 +7,8 @@ Every dataset is one of three kinds, whatever its TFDS features:
 
 TFDS datasets are read with `tfds.data_source` (ArrayRecord, random access, no TensorFlow).
 The embedded corpus is built into the data directory on first use; synthetic tasks are
-generated from their index, so shuffling, sharding and resuming work the same for all.
+generated from their index; your own files (`files`) are converted once into ArrayRecord
+shards (transformer/data/corpus.py). Shuffling, sharding and resuming work the same for all.
 """
 
 import contextlib
@@ -20,7 +21,7 @@ import threading
 from typing import Any
 
 from transformer.config import DataConfig
-from transformer.data import synthetic
+from transformer.data import corpus, synthetic
 from transformer.errors import ConfigError, first_line, last_line
 
 KINDS = ('text', 'pairs', 'labelled')
@@ -29,12 +30,13 @@ KINDS = ('text', 'pairs', 'labelled')
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
   kind: str
-  tfds_name: str | None  # None: generated on the fly (synthetic)
+  tfds_name: str | None  # None: generated on the fly (synthetic) or converted files
   splits: tuple[str, str]  # (training, evaluation) split names
   text_feature: str = 'text'
   num_classes: int = 0
   whole_text: bool = False  # one example per split holds a whole corpus: split it into passages
   languages: tuple[str, ...] = ()
+  source: str = 'tfds'  # tfds, synthetic (generated from the index) or files (corpus.py)
 
 
 SYNTHETIC = synthetic.TASKS
@@ -51,8 +53,10 @@ DATASETS: dict[str, DatasetSpec] = {
     'imdb_reviews': DatasetSpec('labelled', 'imdb_reviews', ('train', 'test'), num_classes=2),
     'glue/sst2': DatasetSpec('labelled', 'glue/sst2', ('train', 'validation'),
                              text_feature='sentence', num_classes=2),
-    **{name: DatasetSpec('pairs', None, ('train', 'validation')) for name in SYNTHETIC},
+    **{name: DatasetSpec('pairs', None, ('train', 'validation'), source='synthetic')
+       for name in SYNTHETIC},
 }
+FILES = 'files'  # data.dataset of your own files: its kind follows from the fields named
 
 EMBEDDED = {'shakespeare_corpus'}  # built locally from files in the package
 
@@ -61,10 +65,26 @@ class PrepareError(RuntimeError):
   """Preparing a dataset failed (no network, no space): a runtime failure, not bad input."""
 
 
-def get_spec(name: str) -> DatasetSpec:
-  if name not in DATASETS:
-    raise ConfigError(f'data.dataset={name!r} is invalid: must be one of {", ".join(DATASETS)}')
-  return DATASETS[name]
+def get_spec(data: DataConfig) -> DatasetSpec:
+  """What data.dataset holds (for files: the kind the fields name; its classes are known once
+  the files are converted, `files_spec`)."""
+  if data.dataset == FILES:
+    return DatasetSpec(data.files_kind, None, ('train', 'eval'), source='files')
+  if data.dataset not in DATASETS:
+    raise ConfigError(f'data.dataset={data.dataset!r} is invalid: must be one of '
+                      f'{", ".join(DATASETS)} or {FILES}')
+  return DATASETS[data.dataset]
+
+
+def files_spec(data: DataConfig) -> DatasetSpec:
+  """The spec of converted files, with their number of classes (converting them if needed)."""
+  manifest = corpus.read_manifest(convert_files(data))
+  return dataclasses.replace(get_spec(data), num_classes=len(manifest['classes']))
+
+
+def convert_files(data: DataConfig, progress: bool = True) -> str:
+  """The directory of data.train_files' conversion (converted on first use)."""
+  return corpus.convert(data, resolve_data_dir(data.data_dir), progress=progress)
 
 
 def resolve_data_dir(data_dir: str) -> str:
@@ -81,12 +101,15 @@ def prepare_command(name: str, data_dir: str) -> str:
 NETWORK_PROBE = 'storage.googleapis.com:443'  # reached in seconds on a machine with network
 
 
-def prepare(name: str, data_dir: str, network_probe: str = NETWORK_PROBE):
+def prepare(data: DataConfig, network_probe: str = NETWORK_PROBE):
   """Downloads and prepares a TFDS dataset as ArrayRecord (needs network: `network_probe` is
-  checked first), or builds the embedded corpus (needs nothing). Synthetic tasks need no
-  preparation."""
-  spec = get_spec(name)
-  if spec.tfds_name is None:
+  checked first), builds the embedded corpus or converts your files (both need nothing).
+  Synthetic tasks need no preparation."""
+  spec, name, data_dir = get_spec(data), data.dataset, resolve_data_dir(data.data_dir)
+  if spec.source == 'files':
+    convert_files(data)
+    return
+  if spec.source == 'synthetic':
     return
   import tensorflow_datasets as tfds
   if spec.tfds_name in EMBEDDED:
@@ -189,7 +212,7 @@ class CanonicalSource:
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     record = self._records[index]
-    if self._spec.tfds_name is None or isinstance(record, str):  # synthetic; passages
+    if self._spec.tfds_name is None or isinstance(record, str):  # synthetic, files; passages
       return record if isinstance(record, dict) else {'text': record}
     if self._spec.kind == 'pairs':
       return {'inputs': as_text(record[self._source_lang]),
@@ -210,10 +233,12 @@ def _passages(records) -> list[str]:
 
 def open_split(data: DataConfig, which: str) -> CanonicalSource:
   """The training ('train') or evaluation ('eval') split of `data.dataset`."""
-  spec = get_spec(data.dataset)
+  spec = get_spec(data)
   split = spec.splits[0 if which == 'train' else 1]
+  if spec.source == 'files':
+    return CanonicalSource(corpus.Records(convert_files(data), split), spec)
   split = (data.train_split if which == 'train' else data.eval_split) or split
-  if spec.tfds_name is None:
+  if spec.source == 'synthetic':
     records = synthetic.SyntheticTask(data.dataset, which, data.synthetic_len,
                                       data.recall_distance)
     return CanonicalSource(records, spec)

@@ -24,7 +24,7 @@ import grain
 import numpy as np
 
 from transformer.config import DataConfig, Experiment, ModelConfig
-from transformer.data import datasets, synthetic, tokenizers
+from transformer.data import corpus, datasets, synthetic, tokenizers
 from transformer.data.datasets import DatasetSpec
 from transformer.errors import ConfigError
 
@@ -37,7 +37,7 @@ def check_data(experiment: Experiment) -> DatasetSpec:
   pretrained tokenizer's directory exists. Returns the dataset's spec; a ConfigError names the
   field."""
   cfg, data = experiment.model, experiment.data
-  spec = datasets.get_spec(data.dataset)
+  spec = datasets.get_spec(data)
 
   def fail(name, allowed):
     raise ConfigError(f'data.{name}={getattr(data, name)!r} is invalid: {allowed}')
@@ -45,7 +45,7 @@ def check_data(experiment: Experiment) -> DatasetSpec:
   if data.tokenizer == 'huggingface' and not os.path.isdir(data.hf_tokenizer):
     fail('hf_tokenizer', "must be a directory holding a saved tokenizer with "
          "data.tokenizer='huggingface' (python -m transformer.convert writes one)")
-  if spec.tfds_name is None:
+  if spec.source == 'synthetic':
     if data.synthetic_len < 1:
       fail('synthetic_len', 'must be a positive integer')
     if data.recall_distance < 0:
@@ -57,11 +57,13 @@ def check_data(experiment: Experiment) -> DatasetSpec:
     if data.source_lang == data.target_lang:
       fail('target_lang', 'must differ from data.source_lang')
   _check_task(cfg, spec, data.dataset)
-  if spec.tfds_name is None and data.tokenizer == 'byte':
+  if spec.source == 'files':
+    corpus.check_files(data)
+  if spec.source == 'synthetic' and data.tokenizer == 'byte':
     _check_synthetic_fits(data, cfg.task)
   if cfg.task == 'classify' and data.seq_len < 2:
     fail('seq_len', 'must be >= 2 for classification (<bos> text <eos>)')
-  if cfg.task == 'classify' and cfg.num_classes != spec.num_classes:
+  if cfg.task == 'classify' and spec.source != 'files' and cfg.num_classes != spec.num_classes:
     raise ConfigError(f'model.num_classes={cfg.num_classes} is invalid: {data.dataset} has '
                       f'{spec.num_classes} classes')
   return spec
@@ -69,6 +71,16 @@ def check_data(experiment: Experiment) -> DatasetSpec:
 
 def _check_task(cfg: ModelConfig, spec: DatasetSpec, dataset: str):
   """The model's task needs a dataset of a certain kind."""
+  if spec.source == 'files':
+    need = {'seq2seq': 'pairs', 'classify': 'labelled'}.get(cfg.task)
+    if (need and spec.kind != need) or (cfg.task == 'mlm' and spec.kind == 'pairs'):
+      fields = {'pairs': 'data.source_field and data.target_field',
+                'labelled': 'data.label_field'}
+      raise ConfigError(f'data.dataset={dataset!r} is invalid for task {cfg.task}: the fields '
+                        f'named make {spec.kind} data; it needs '
+                        f'{need or "text or labelled"} data'
+                        + (f' (set {fields[need]})' if need else ''))
+    return
   if cfg.task == 'seq2seq' and spec.kind != 'pairs':
     raise ConfigError(f'data.dataset={dataset!r} is invalid for model.family=encoder_decoder: '
                       f'it holds {spec.kind}, the encoder-decoder needs pairs (a translation '
@@ -91,6 +103,18 @@ def _check_synthetic_fits(data: DataConfig, task: str):
     raise ConfigError(
         f'data.seq_len={data.seq_len} is invalid: the longest {data.dataset} example needs '
         f'{need - (task == "lm")} tokens here; raise data.seq_len or lower data.{knob}')
+
+
+def prepare_data(experiment: Experiment):
+  """What must happen before a run reads its data: your files are converted (a bad record is a
+  ConfigError naming the file and line), and their classes are checked against the model's."""
+  data, cfg = experiment.data, experiment.model
+  if data.dataset != datasets.FILES:
+    return
+  spec = datasets.files_spec(data)
+  if cfg.task == 'classify' and cfg.num_classes != spec.num_classes:
+    raise ConfigError(f'model.num_classes={cfg.num_classes} is invalid: data.train_files '
+                      f'hold {spec.num_classes} classes')
 
 
 # --- tokenizers -----------------------------------------------------------------------------------

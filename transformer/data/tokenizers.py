@@ -215,3 +215,35 @@ class HuggingFaceTokenizer:
   def encode_target(self, text: str) -> np.ndarray:  # Marian: the target SentencePiece model
     ids = self._tok(text_target=text, add_special_tokens=False)['input_ids']
     return np.asarray(ids, dtype=np.int32)
+
+
+SPECIAL_NAMES = (('mask_id', '[MASK]'), ('sep_id', '<sep>'), ('bos_id', '<bos>'),
+                 ('eos_id', '<eos>'), ('pad_id', '<pad>'))
+DOCUMENT_BREAK = ' ‖ '  # between packed documents, where rendered
+
+
+def render(tokenizer: Tokenizer, ids: Iterable[int], segment_ids: Iterable[int] | None = None
+           ) -> str:
+  """A row as the model sees it: the special tokens by name ([MASK], <bos>, <sep>, <eos>),
+  packed documents apart (DOCUMENT_BREAK), padding (segment 0) left out. Ordinary tokens are
+  decoded in runs, so multi-byte characters and pieces read as text."""
+  ids = [int(i) for i in ids]
+  segments = [1] * len(ids) if segment_ids is None else [int(s) for s in segment_ids]
+  names = {}
+  for attribute, name in reversed(SPECIAL_NAMES):  # where roles share an id, the first wins
+    if getattr(tokenizer, attribute, None) is not None:
+      names[getattr(tokenizer, attribute)] = name
+  out, run, previous = [], [], None
+  for token, segment in zip(ids, segments):
+    if segment == 0 or (segment_ids is None and token == tokenizer.pad_id):
+      continue
+    if previous is not None and segment != previous:
+      out.append(tokenizer.decode(run) + DOCUMENT_BREAK)
+      run = []
+    previous = segment
+    if token in names:
+      out.append(tokenizer.decode(run) + names[token])
+      run = []
+    else:
+      run.append(token)
+  return ''.join(out) + tokenizer.decode(run)

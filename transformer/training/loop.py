@@ -134,6 +134,7 @@ def prepare(config: Any, workdir: str, devices: list | None,
   ConfigError names what is wrong), then builds the steps and writes config.json."""
   experiment = validate(config, len(devices or jax.devices()))
   _probe_workdir(workdir)
+  pipeline.prepare_data(experiment)
   tokenizer = pipeline.get_tokenizer(experiment)
   experiment = pipeline.with_vocab(experiment, tokenizer)
   par, model = steps.make_parallel(experiment, devices)
