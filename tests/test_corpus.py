@@ -340,3 +340,68 @@ def test_an_interrupted_conversion_is_never_taken_for_complete(tmp_path):
   assert not [n for n in os.listdir(root) if not n.startswith('.') and '.tmp-' not in n]
   config = data_config(tmp_path, tmp_path / 'big.jsonl', data_dir=str(tmp_path))
   assert len(read_all(config)) + len(read_all(config, 'eval')) == 30_000  # converted again
+
+
+# --- Hugging Face datasets (the interop extra; nothing downloads) --------------------------------
+
+
+@pytest.fixture
+def saved_hf(tmp_path):
+  hf = pytest.importorskip('datasets')
+  hf.disable_progress_bars()
+  rng = random.Random(8)
+  rows = {split: {'question': [sentence(rng, 6) for _ in range(n)],
+                  'answer': [sentence(rng, 3) for _ in range(n)],
+                  'label': [rng.randint(0, 2) for _ in range(n)]}
+          for split, n in (('train', 150), ('validation', 30))}
+  hf.DatasetDict({k: hf.Dataset.from_dict(v) for k, v in rows.items()}).save_to_disk(
+      tmp_path / 'saved')
+  hf.Dataset.from_dict(rows['train']).save_to_disk(tmp_path / 'single')
+  return tmp_path, rows
+
+
+def test_a_saved_hugging_face_dataset_converts_like_files(saved_hf):
+  tmp_path, rows = saved_hf
+  config = data_config(tmp_path, '', 'encoder_decoder', source_field='question',
+                       target_field='answer')
+  config.data.dataset = f'hf:{tmp_path}/saved'
+  experiment_of(config)
+  for split, name in (('train', 'train'), ('eval', 'validation')):  # its own validation split
+    got = sorted((e['inputs'], e['targets']) for e in read_all(config, split))
+    assert got == sorted(zip(rows[name]['question'], rows[name]['answer']))
+  labelled = data_config(tmp_path, '', 'encoder_only', 'classify', text_field='question',
+                         label_field='label', eval_fraction=0.2)
+  labelled.data.dataset = f'hf:{tmp_path}/single'  # one split: documents held out by hash
+  labelled.model.num_classes = 3
+  experiment_of(labelled)
+  got = sorted((e['text'], e['label']) for e in both_splits(labelled))
+  assert got == sorted(zip(rows['train']['question'], rows['train']['label']))
+  assert 0 < len(read_all(labelled, 'eval')) < 75
+
+
+def test_hugging_face_input_errors_are_one_line(saved_hf, monkeypatch):
+  tmp_path, _ = saved_hf
+  config = data_config(tmp_path, '', text_field='body')
+  config.data.dataset = f'hf:{tmp_path}/saved'
+  with pytest.raises(ConfigError, match=r"data.text_field='body' is invalid: it is not a column "
+                                        r'of \S+saved \(its columns: question, answer, label\)'):
+    experiment_of(config)
+  config.data.update(text_field='question', eval_split='dev')
+  with pytest.raises(ConfigError, match="data.eval_split='dev' is invalid: .* has the splits "
+                                        'train, validation'):
+    experiment_of(config)
+  config.data.update(dataset=f'hf:{tmp_path}/missing', eval_split='')
+  with pytest.raises(ConfigError, match='missing is not a directory'):
+    experiment_of(config)
+  config.data.dataset = 'hf:no-such-dataset-here'
+  monkeypatch.setattr(datasets, 'HF_NETWORK_PROBE', 'hub.invalid:443')  # offline, in seconds
+  for variable in datasets.HF_OFFLINE:
+    monkeypatch.delenv(variable, raising=False)
+  start = time.time()
+  with pytest.raises(ConfigError, match='no network: hub.invalid:443 cannot be reached'):
+    experiment_of(config)
+  assert time.time() - start < 15
+  monkeypatch.setenv('HF_DATASETS_OFFLINE', '1')  # the cache only: not there
+  with pytest.raises(ConfigError, match="data.dataset='hf:no-such-dataset-here' is invalid: the "
+                                        'datasets library cannot load it'):
+    experiment_of(config)

@@ -261,14 +261,15 @@ class DataConfig(_Section):
   dataset: str = _field(
       'shakespeare', 'see transformer/data/datasets.py: shakespeare (embedded, offline), '
       'tiny_shakespeare, lm1b, wmt14_translate/de-en, wmt17_translate/de-en, imdb_reviews, '
-      'glue/sst2, a synthetic task: copy, reverse, sort, addition, recall, or files (your '
-      'own: data.train_files)')
+      'glue/sst2, a synthetic task: copy, reverse, sort, addition, recall, files (your own: '
+      'data.train_files) or hf:NAME[:CONFIG] (a Hugging Face dataset, or a directory saved by '
+      'save_to_disk)')
   seq_len: int = _field(256, 'tokens per row (source and target each, for encoder_decoder)')
   batch_size: int = _field(32, 'rows per step, summed over all devices and hosts')
   data_dir: str = _field('', 'TFDS data directory and tokenizer cache; \'\' = $TFDS_DATA_DIR or '
                          '~/tensorflow_datasets')
-  train_split: str = _field('', 'TFDS split to train on, e.g. \'train[:90%]\'; \'\' = the '
-                            'dataset\'s own')
+  train_split: str = _field('', 'TFDS split to train on, e.g. \'train[:90%]\' (hf: a split '
+                            'name); \'\' = the dataset\'s own')
   eval_split: str = _field('', 'TFDS split to evaluate on; \'\' = the dataset\'s own held-out '
                            'split')
   tokenizer: str = _field('byte', 'byte (256 ids, nothing to train), sentencepiece, or '
@@ -330,7 +331,7 @@ class DataConfig(_Section):
     if not 0.0 < self.mask_rate < 1.0:
       self._fail('mask_rate', 'must be in (0, 1)')
     self._non_negative('num_workers', 'prefetch', 'read_threads')
-    if self.dataset == 'files':
+    if self.dataset == 'files' or self.dataset.startswith('hf:'):
       self._check_files()
 
   @property
@@ -341,7 +342,7 @@ class DataConfig(_Section):
     return 'labelled' if self.label_field else 'text'
 
   def _check_files(self):
-    if not self.train_files.strip(' ,'):
+    if self.dataset == 'files' and not self.train_files.strip(' ,'):
       self._fail('train_files', "must name the training files (globs separated by commas) "
                  "with data.dataset='files'")
     self._one_of('text_unit', TEXT_UNITS)

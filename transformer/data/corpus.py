@@ -56,12 +56,13 @@ class BadRecord(ValueError):
 class Piece:
   """A task of the conversion: a file, or the lines starting in [start, end) of one."""
 
-  path: str
-  format: str
+  path: str  # the file; for a Hugging Face dataset, its name or directory
+  format: str  # text, jsonl, parquet or hf
   compression: str
-  start: int = 0
+  start: int = 0  # a byte (of a Hugging Face dataset: a row)
   end: int | None = None  # None: to the end of the file
   split: str = 'train'  # 'train' (held out by hash if there are no eval files) or 'eval'
+  table: str = ''  # the split of a Hugging Face dataset it reads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +80,9 @@ class Options:
 
   @classmethod
   def of(cls, data: DataConfig) -> 'Options':
+    own_eval = hf_splits(data)[1] is not None if is_hf(data) else bool(data.eval_files)
     return cls(data.files_kind, data.text_unit, data.text_field, data.source_field,
-               data.target_field, data.label_field, 0.0 if data.eval_files else data.eval_fraction,
+               data.target_field, data.label_field, 0.0 if own_eval else data.eval_fraction,
                data.skip_bad_records)
 
 
@@ -119,7 +121,15 @@ def format_of(field: str, path: str) -> tuple[str, str]:
 
 def check_files(data: DataConfig):
   """What can be checked without reading the files: they exist, are of known formats, and plain
-  text is not asked for pairs or labels."""
+  text is not asked for pairs or labels (of a Hugging Face dataset: that the library is
+  installed and a local directory exists)."""
+  if is_hf(data):
+    _hf_library(data.dataset)
+    name, _ = hf_name(data.dataset)
+    if name.startswith(('/', '.', '~')) and not os.path.isdir(os.path.expanduser(name)):
+      raise ConfigError(f'data.dataset={data.dataset!r} is invalid: {name} is not a directory '
+                        "(one written by the datasets library's save_to_disk)")
+    return
   for field in ('train_files', 'eval_files'):
     if getattr(data, field):
       for path in expand(field, getattr(data, field)):
@@ -130,6 +140,8 @@ def check_files(data: DataConfig):
 
 def pieces(data: DataConfig) -> list[Piece]:
   """The conversion's tasks, from the files alone (not the number of CPU cores)."""
+  if is_hf(data):
+    return _hf_pieces(data)
   out = []
   for field, split in (('train_files', 'train'), ('eval_files', 'eval')):
     if not getattr(data, field):
@@ -148,8 +160,8 @@ def pieces(data: DataConfig) -> list[Piece]:
 
 
 def key_of(data: DataConfig, tasks: list[Piece]) -> str:
-  stats = []
-  for path in sorted({p.path for p in tasks}):
+  stats = _hf_fingerprint(data) if is_hf(data) else []
+  for path in sorted({p.path for p in tasks if p.format != 'hf'}):
     st = os.stat(path)
     stats.append([path, st.st_size, st.st_mtime_ns])
   blob = json.dumps([FORMAT_VERSION, dataclasses.asdict(Options.of(data)), stats,
@@ -163,7 +175,8 @@ def files_dir(data_dir: str) -> str:
 
 def name_of(data: DataConfig) -> str:
   """A readable prefix of the conversion's directory: the first glob's file or folder name."""
-  first = data.train_files.split(',')[0].strip().rstrip('/')
+  first = 'hf-' + hf_name(data.dataset)[0] if is_hf(data) else data.train_files.split(',')[0]
+  first = first.strip().rstrip('/')
   stem = next((part for part in reversed(first.split('/')) if part and '*' not in part), 'files')
   return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in stem)[:40]
 
@@ -348,6 +361,8 @@ def examples(piece: Piece, options: Options) -> Iterator[Item]:
     return _text_documents(piece, options.text_unit)
   if piece.format == 'jsonl':
     return _json_records(piece, options)
+  if piece.format == 'hf':
+    return _hf_records(piece, options)
   return _parquet_records(piece, options)
 
 
@@ -445,7 +460,8 @@ def _run(tasks: list[Piece], options: Options, directory: str, workers: int, pro
   from tqdm import tqdm
   total = sum(_size(p) for p in tasks)
   workers = min(workers or os.cpu_count() or 1, len(tasks))
-  bar = tqdm(total=total, unit='B', unit_scale=True, desc=f'converting {len(tasks)} pieces',
+  unit = 'rows' if tasks and tasks[0].format == 'hf' else 'B'
+  bar = tqdm(total=total, unit=unit, unit_scale=True, desc=f'converting {len(tasks)} pieces',
              disable=not progress, leave=False)
   results = []
   try:
@@ -477,7 +493,8 @@ def _convert_or_fail(index: int, piece: Piece, options: Options, directory: str
   try:
     return convert_piece(index, piece, options, directory)
   except BadRecord as e:
-    field = 'eval_files' if piece.split == 'eval' else 'train_files'
+    field = 'dataset' if piece.format == 'hf' else (
+        'eval_files' if piece.split == 'eval' else 'train_files')
     raise ConfigError(f'data.{field}: {e}; fix the record, or set data.skip_bad_records=True '
                       'to skip bad records (they are counted)') from None
   except OSError as e:
@@ -485,6 +502,7 @@ def _convert_or_fail(index: int, piece: Piece, options: Options, directory: str
 
 
 def _size(piece: Piece) -> int:
+  """Bytes of a file's piece, rows of a Hugging Face dataset's."""
   end = piece.end if piece.end is not None else os.path.getsize(piece.path)
   return end - piece.start
 
@@ -500,10 +518,10 @@ def _manifest(data: DataConfig, tasks: list[Piece], options: Options,
     classes = [str(i) for i in range(max(labels, default=-1) + 1)]
   else:  # names: classes in sorted order (integers among names are names too)
     classes = sorted({str(label) for label in labels})
-  stats = {p.path: os.stat(p.path) for p in tasks}
+  stats = {p.path: os.stat(p.path) for p in tasks if p.format != 'hf'}
   return {
       'version': FORMAT_VERSION, 'kind': options.kind, 'options': dataclasses.asdict(options),
-      'train_files': data.train_files, 'eval_files': data.eval_files,
+      'dataset': data.dataset, 'train_files': data.train_files, 'eval_files': data.eval_files,
       'files': [{'path': path, 'size': st.st_size, 'mtime_ns': st.st_mtime_ns}
                 for path, st in sorted(stats.items())],
       'splits': splits, 'classes': classes if options.kind == 'labelled' else [],
@@ -515,8 +533,10 @@ def _manifest(data: DataConfig, tasks: list[Piece], options: Options,
 def _check_manifest(data: DataConfig, manifest: dict[str, Any]):
   train, held = manifest['splits']['train']['examples'], manifest['splits']['eval']['examples']
   if not train:
-    raise ConfigError(f'data.train_files={data.train_files!r} is invalid: the files hold no '
-                      f'{manifest["kind"]} document to train on')
+    what = (f'data.dataset={data.dataset!r}' if is_hf(data) else
+            f'data.train_files={data.train_files!r}')
+    raise ConfigError(f'{what} is invalid: the files hold no {manifest["kind"]} document to '
+                      'train on')
   if not held:
     if data.eval_files:
       raise ConfigError(f'data.eval_files={data.eval_files!r} is invalid: the files hold no '
@@ -530,6 +550,8 @@ def _check_manifest(data: DataConfig, manifest: dict[str, Any]):
 
 def _note_changes(root: str, target: str, data: DataConfig):
   """Says which files changed since the newest conversion of the same globs, if there is one."""
+  if is_hf(data):
+    return
   previous = []
   for name in os.listdir(root):
     path = os.path.join(root, name, 'manifest.json')
@@ -556,6 +578,108 @@ def _note_changes(root: str, target: str, data: DataConfig):
                                         ('removed', removed)) if names)
   print(f'the files changed since {os.path.join(root, name)} ({what or "options differ"}): '
         f'converting them again', flush=True)
+
+
+# --- Hugging Face datasets -----------------------------------------------------------------------
+
+HF_PREFIX = 'hf:'
+PIECE_ROWS = 100_000  # rows of a Hugging Face dataset per piece
+
+
+def is_hf(data: DataConfig) -> bool:
+  return data.dataset.startswith(HF_PREFIX)
+
+
+def hf_name(dataset: str) -> tuple[str, str | None]:
+  """(name or directory, configuration) of 'hf:NAME[:CONFIG]'."""
+  name, _, config = dataset[len(HF_PREFIX):].partition(':')
+  return name, config or None
+
+
+def is_local(name: str) -> bool:
+  return os.path.isdir(os.path.expanduser(name))
+
+
+def _hf_library(dataset: str):
+  try:
+    import datasets as hf
+  except ImportError:
+    raise ConfigError(f'data.dataset={dataset!r} needs the datasets library: pip install '
+                      "-e '.[interop]'") from None
+  return hf
+
+
+@functools.lru_cache(maxsize=4)
+def _hf_load(dataset: str) -> dict[str, Any]:
+  """{split: datasets.Dataset} of 'hf:NAME[:CONFIG]' (a directory: load_from_disk)."""
+  hf, (name, config) = _hf_library(dataset), hf_name(dataset)
+  hf.disable_progress_bars()
+  try:
+    if is_local(name):
+      loaded = hf.load_from_disk(os.path.expanduser(name))
+    else:
+      loaded = hf.load_dataset(name, config)
+  except Exception as e:  # noqa: BLE001 - not found, offline, not a dataset: one line
+    raise ConfigError(f'data.dataset={dataset!r} is invalid: the datasets library cannot load '
+                      f'it ({type(e).__name__}: {str(e).strip().splitlines()[0][:300]})'
+                      ) from None
+  return dict(loaded) if isinstance(loaded, dict) else {'train': loaded}
+
+
+def hf_splits(data: DataConfig) -> tuple[str, str | None]:
+  """(training split, evaluation split or None: hold out data.eval_fraction)."""
+  tables = _hf_load(data.dataset)
+  train = data.train_split or 'train'
+  held = data.eval_split or next((s for s in ('validation', 'test') if s in tables), None)
+  for field, split in (('train_split', train), ('eval_split', held)):
+    if split is not None and split not in tables:
+      raise ConfigError(f'data.{field}={split!r} is invalid: {data.dataset} has the splits '
+                        f'{", ".join(tables)}')
+  return train, held
+
+
+def _hf_pieces(data: DataConfig) -> list[Piece]:
+  tables, (train, held) = _hf_load(data.dataset), hf_splits(data)
+  name = data.dataset[len(HF_PREFIX):]  # with its configuration
+  out = []
+  for table, split in ((train, 'train'), (held, 'eval')):
+    if table is not None:
+      rows = len(tables[table])
+      out.extend(Piece(name, 'hf', '', start, min(start + PIECE_ROWS, rows), split, table)
+                 for start in range(0, rows, PIECE_ROWS))
+  return out
+
+
+def _hf_fingerprint(data: DataConfig) -> list:
+  """What identifies the dataset's content: a directory's files (paths, sizes, times), else the
+  library's fingerprints of the splits read."""
+  name = hf_name(data.dataset)[0]
+  if is_local(name):
+    root = os.path.abspath(os.path.expanduser(name))
+    stats = []
+    for directory, _, names in sorted(os.walk(root)):
+      for n in sorted(names):
+        st = os.stat(os.path.join(directory, n))
+        stats.append([os.path.join(directory, n), st.st_size, st.st_mtime_ns])
+    return stats
+  tables = _hf_load(data.dataset)
+  return [[data.dataset, split, tables[split]._fingerprint]
+          for split in hf_splits(data) if split is not None]
+
+
+def _hf_records(piece: Piece, options: Options) -> Iterator[Item]:
+  table = _hf_load(HF_PREFIX + piece.path)[piece.table]
+  columns = list(_fields(options).values())
+  for column in columns:
+    if column not in table.column_names:
+      raise ConfigError(f'data.{_option_name(column, options)}={column!r} is invalid: it is not '
+                        f'a column of {piece.path} (its columns: {", ".join(table.column_names)})')
+  row = piece.start
+  for batch in table.select(range(piece.start, piece.end)).select_columns(columns).iter(1024):
+    for values in zip(*(batch[c] for c in columns)):
+      row += 1
+      yield _example(dict(zip(columns, values)), options,
+                     lambda: f'{piece.path} {piece.table} row {row}')
 
 
 # --- reading --------------------------------------------------------------------------------------

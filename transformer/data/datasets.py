@@ -68,7 +68,7 @@ class PrepareError(RuntimeError):
 def get_spec(data: DataConfig) -> DatasetSpec:
   """What data.dataset holds (for files: the kind the fields name; its classes are known once
   the files are converted, `files_spec`)."""
-  if data.dataset == FILES:
+  if data.dataset == FILES or corpus.is_hf(data):
     return DatasetSpec(data.files_kind, None, ('train', 'eval'), source='files')
   if data.dataset not in DATASETS:
     raise ConfigError(f'data.dataset={data.dataset!r} is invalid: must be one of '
@@ -82,8 +82,22 @@ def files_spec(data: DataConfig) -> DatasetSpec:
   return dataclasses.replace(get_spec(data), num_classes=len(manifest['classes']))
 
 
+HF_NETWORK_PROBE = 'huggingface.co:443'
+HF_OFFLINE = ('HF_DATASETS_OFFLINE', 'HF_HUB_OFFLINE')
+
+
 def convert_files(data: DataConfig, progress: bool = True) -> str:
-  """The directory of data.train_files' conversion (converted on first use)."""
+  """The directory of the conversion of data.train_files or of a Hugging Face dataset
+  (converted on first use). A dataset of the Hub needs the network (probed first, in seconds)
+  unless the library is told to read its cache (HF_DATASETS_OFFLINE=1)."""
+  if corpus.is_hf(data) and not corpus.is_local(corpus.hf_name(data.dataset)[0]) and not any(
+      os.environ.get(v) in ('1', 'true', 'TRUE') for v in HF_OFFLINE):
+    try:
+      check_network(HF_NETWORK_PROBE, 'save the dataset with save_to_disk on a machine with '
+                    'network and name its directory (hf:DIR)',
+                    bypass='set HF_DATASETS_OFFLINE=1 to read it from the Hugging Face cache')
+    except PrepareError as e:
+      raise ConfigError(f'data.dataset={data.dataset!r}: {e}') from None
   return corpus.convert(data, resolve_data_dir(data.data_dir), progress=progress)
 
 
@@ -125,7 +139,8 @@ def prepare(data: DataConfig, network_probe: str = NETWORK_PROBE):
                        f'{last_line(e)[:300]}') from None
 
 
-def check_network(probe: str, advice: str, timeout_s: float = 5.0):
+def check_network(probe: str, advice: str, timeout_s: float = 5.0,
+                  bypass: str = 'pass --network_probe= to try anyway'):
   """Raises PrepareError within about `timeout_s` when `probe` (HOST:PORT) cannot be reached:
   offline, TFDS's downloader retries for minutes (each name lookup waiting for its timeout)
   before it fails. Skipped for an empty probe, and behind a proxy (only the proxy knows)."""
@@ -147,8 +162,8 @@ def check_network(probe: str, advice: str, timeout_s: float = 5.0):
   thread.join(timeout_s)
   if not outcome.get('reached'):
     reason = first_line(outcome['error']) if 'error' in outcome else f'no answer in {timeout_s:g} s'
-    raise PrepareError(f'no network: {probe} cannot be reached ({reason}); {advice} (or pass '
-                       '--network_probe= to try anyway)')
+    raise PrepareError(f'no network: {probe} cannot be reached ({reason}); {advice} (or '
+                       f'{bypass})')
 
 
 def build_embedded(tfds_name: str, data_dir: str):

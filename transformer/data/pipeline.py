@@ -109,12 +109,13 @@ def prepare_data(experiment: Experiment):
   """What must happen before a run reads its data: your files are converted (a bad record is a
   ConfigError naming the file and line), and their classes are checked against the model's."""
   data, cfg = experiment.data, experiment.model
-  if data.dataset != datasets.FILES:
+  if datasets.get_spec(data).source != 'files':
     return
   spec = datasets.files_spec(data)
   if cfg.task == 'classify' and cfg.num_classes != spec.num_classes:
-    raise ConfigError(f'model.num_classes={cfg.num_classes} is invalid: data.train_files '
-                      f'hold {spec.num_classes} classes')
+    where = 'data.train_files hold' if data.dataset == datasets.FILES else f'{data.dataset} has'
+    raise ConfigError(f'model.num_classes={cfg.num_classes} is invalid: {where} '
+                      f'{spec.num_classes} classes')
 
 
 # --- tokenizers -----------------------------------------------------------------------------------
