@@ -400,6 +400,47 @@ def test_resume_from_saved_state_gives_the_next_batches(data_dir, family, datase
   resumed.close()
 
 
+TOPOLOGIES = [
+    ('decoder_only', 'shakespeare', None, {}),  # packed
+    ('encoder_only', 'shakespeare', None, {}),  # random masks
+    ('encoder_decoder', 'sort', None, {}),
+    ('decoder_only', 'recall', None, {'pack': False}),
+    ('encoder_only', 'imdb_reviews', 'classify', {}),
+]
+
+
+@pytest.mark.parametrize('family,dataset,head,extra', TOPOLOGIES)
+def test_global_batches_are_the_same_on_any_number_of_hosts_and_resume_across_them(
+    data_dir, family, dataset, head, extra):
+  """The rows of 2 or 4 hosts, side by side in process order, are the batches of one host; a
+  position saved by 2 hosts resumes on 1 and on 4 with the next global batches."""
+  config = make_config(family, dataset, data_dir, head, batch_size=8, seq_len=48, **extra)
+  experiment = Experiment.from_config(config)
+
+  def hosts(count):
+    return [iter(pipeline.make_dataset(experiment, 'train', BYTES, shard_index=i,
+                                       shard_count=count)) for i in range(count)]
+
+  def global_batches(iterators, n):
+    out = []
+    for _ in range(n):
+      parts = [next(it) for it in iterators]
+      out.append({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    return out
+
+  with tfds.testing.mock_data(num_examples=64):  # only imdb_reviews reads TFDS here
+    one = global_batches(hosts(1), 7)
+    two, four = hosts(2), hosts(4)
+    assert_batches_equal(global_batches(two, 4), one[:4])
+    assert_batches_equal(global_batches(four, 7), one)
+    saved = json.loads(json.dumps(pipeline.global_position([it.get_state() for it in two])))
+    for count in (1, 4):
+      resumed = hosts(count)
+      for i, it in enumerate(resumed):
+        it.set_state(pipeline.host_position(saved, pipeline.host_slots(8, i, count)))
+      assert_batches_equal(global_batches(resumed, 3), one[4:])
+
+
 def test_host_shards_are_disjoint_and_cover_the_data():
   """On the evaluation split (one pass, no shuffle): the rows of 3 hosts, together, are
   exactly the rows of one host reading everything (as multisets: no row lost, none doubled)."""

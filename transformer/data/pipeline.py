@@ -13,12 +13,13 @@ MLM tokens), `segment_ids` (0 = padding, 1, 2, ... = packed documents) and `posi
 (restarting per document); seq2seq gives those for both sides (`inputs_segment_ids`,
 `targets_segment_ids`, ...) plus `decoder_inputs`; classify gives `label` and `weights` (B,).
 
-Training iterators shuffle (seeded, reshuffled every epoch), repeat forever, read only this
-host's shard of the data, and carry their state (`get_state` / `set_state`): a resumed run
-continues on exactly the next batch.
+Training iterators shuffle (seeded, reshuffled every epoch), repeat forever and carry their
+state (`get_state` / `set_state`): a resumed run continues on exactly the next batch. Their
+global batches are the same on any number of hosts (each reads its rows: `make_dataset`).
 """
 
 import os
+from typing import Any
 
 import grain
 import numpy as np
@@ -308,6 +309,8 @@ class PadBatch(grain.transforms.Map):
 
 # --- the pipeline -------------------------------------------------------------------------------
 
+PACK_BINS = 16  # rows a training slot packs at once (first fit)
+
 
 def host_batch_size(global_batch: int, shard_count: int) -> int:
   if global_batch % shard_count:
@@ -316,27 +319,60 @@ def host_batch_size(global_batch: int, shard_count: int) -> int:
   return global_batch // shard_count
 
 
+def host_slots(global_batch: int, shard_index: int, shard_count: int) -> list[int]:
+  """The rows of each global batch that a host reads (in process order, as the batch is
+  assembled across hosts)."""
+  per_host = host_batch_size(global_batch, shard_count)
+  return list(range(shard_index * per_host, (shard_index + 1) * per_host))
+
+
 def make_dataset(experiment: Experiment, which: str, tokenizer: tokenizers.Tokenizer, *,
                  shard_index: int | None = None, shard_count: int | None = None
                  ) -> grain.IterDataset:
-  """Batches of the training ('train': shuffled, endless) or evaluation ('eval': one pass,
-  the last batch padded) split, from this host's shard of the data (by default this JAX
-  process's: `jax.process_index()` of `jax.process_count()`)."""
-  task = experiment.task
+  """Batches of the training ('train': shuffled, endless) or evaluation ('eval': one pass, the
+  last batch padded) split for this host (by default this JAX process:
+  `jax.process_index()` of `jax.process_count()`).
+
+  Training batches are global: row j of every global batch comes from slot j, which reads
+  documents j, j + B, j + 2B, ... of the split's shuffled order (B = data.batch_size) and packs
+  them alone. A host reads its slots (`host_slots`), so the sequence of global batches depends
+  on the dataset, the seed and the batch size, not on the number of hosts, and a run resumes on
+  any number of them (`global_position`). Evaluation reads this host's shard of the split."""
   if shard_index is None or shard_count is None:
     shard_index, shard_count = host_shard()
-  data, train = experiment.data, which == 'train'
-  T, seed = data.seq_len, experiment.train.seed
+  data = experiment.data
   batch_size = host_batch_size(data.batch_size, shard_count)
+  source = datasets.open_split(data, which)
+  if which == 'train':
+    slots = host_slots(data.batch_size, shard_index, shard_count)
+    ds = SlotBatches([_rows(experiment, tokenizer, source, slot=j) for j in slots], slots)
+  else:
+    ds = _rows(experiment, tokenizer, source, shard=(shard_index, shard_count))
+    ds = ds.batch(batch_size, drop_remainder=False).map(PadBatch(batch_size))
+  if data.num_workers > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
+  if data.prefetch > 0:
+    ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=data.prefetch)
+  return ds
 
-  ds = grain.MapDataset.source(datasets.open_split(data, which))
-  ds = ds[shard_index::shard_count]
+
+def _rows(experiment: Experiment, tokenizer: tokenizers.Tokenizer, source, *,
+          slot: int | None = None, shard: tuple[int, int] = (0, 1)) -> grain.IterDataset:
+  """Rows of one training slot (shuffled, endless), or of one shard of the evaluation split."""
+  data, task, T, seed = experiment.data, experiment.task, experiment.data.seq_len, \
+      experiment.train.seed
+  train = slot is not None
+  ds = grain.MapDataset.source(source)
   if train:
-    ds = ds.seed(seed).shuffle().repeat(None)
-  # Records are read in this thread (the whole pipeline runs in the prefetch thread); many
-  # threads only pay off on remote file systems.
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data.read_threads,
-                                            prefetch_buffer_size=max(16, 4 * data.read_threads)))
+    ds = ds.seed(seed).shuffle().repeat(None)[slot::data.batch_size]
+    # Records are read in this thread (the whole pipeline runs in the prefetch thread); the
+    # slots share no reading threads (data.read_threads serves the evaluation split).
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+  else:
+    ds = ds[shard[0]::shard[1]]
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data.read_threads,
+                                              prefetch_buffer_size=max(16, 4 * data.read_threads)))
+  key = slot if train else shard[0]
 
   if task == 'lm':
     ds, lengths = grain.experimental.FlatMapIterDataset(ds, LMChunks(tokenizer, T)), (
@@ -350,22 +386,81 @@ def make_dataset(experiment: Experiment, which: str, tokenizer: tokenizers.Token
     ds, lengths = ds.map(ClassifyExample(tokenizer, T)), ()
 
   if lengths and data.pack:
+    bins = PACK_BINS if train else max(data.batch_size // shard[1], PACK_BINS)
     ds = grain.experimental.FirstFitPackIterDataset(
-        ds, length_struct={k: T for k in lengths}, num_packing_bins=max(batch_size, 8),
-        seed=seed, shuffle_bins=train)
+        ds, length_struct={k: T for k in lengths}, num_packing_bins=bins,
+        seed=_seed(seed, key, 2), shuffle_bins=train)
   elif lengths:
     ds = ds.map(PadExample(T))
-  if task == 'mlm':  # every host draws its own masks
-    mask_seed = int(np.random.SeedSequence([seed, shard_index, 1]).generate_state(1)[0])
-    ds = ds.random_map(MaskTokens(tokenizer, data.mask_rate), seed=mask_seed)
-  ds = ds.map(SelectKeys(task)).batch(batch_size, drop_remainder=train)
-  if not train:
-    ds = ds.map(PadBatch(batch_size))
-  if data.num_workers > 0:
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
-  if data.prefetch > 0:
-    ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=data.prefetch)
-  return ds
+  if task == 'mlm':  # every slot (and shard) draws its own masks
+    ds = ds.random_map(MaskTokens(tokenizer, data.mask_rate), seed=_seed(seed, key, 1))
+  return ds.map(SelectKeys(task))
+
+
+def _seed(seed: int, key: int, purpose: int) -> int:
+  return int(np.random.SeedSequence([seed, key, purpose]).generate_state(1)[0])
+
+
+class SlotBatches(grain.IterDataset):
+  """A host's rows of each global batch: one row from each of its slots, stacked in order."""
+
+  def __init__(self, parents: list[grain.IterDataset], slots: list[int]):
+    super().__init__(parents)
+    self._slots = slots
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return _SlotIterator([p.__iter__() for p in self._parents], self._slots)
+
+  def __str__(self) -> str:
+    return f'SlotBatches(slots {self._slots[0]}..{self._slots[-1]})'
+
+
+class _SlotIterator(grain.DatasetIterator):
+  def __init__(self, parents: list[grain.DatasetIterator], slots: list[int]):
+    super().__init__(parents)
+    self._slots = slots
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    rows = [next(p) for p in self._parents]
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+  def get_state(self) -> dict:
+    return {SLOTS: {str(j): p.get_state() for j, p in zip(self._slots, self._parents)}}
+
+  def set_state(self, state: dict):
+    for j, p in zip(self._slots, self._parents):
+      p.set_state(state[SLOTS][str(j)])
+
+
+SLOTS = 'slots'  # the key of slot states in a training iterator's state
+
+
+def global_position(host_states: list[Any]) -> Any:
+  """One state of the whole training data from every host's (in process order): their slot
+  states merged; what else the states hold (prefetching, workers) is the same on every host."""
+  first = host_states[0]
+  if isinstance(first, dict) and SLOTS in first:
+    merged = {}
+    for state in host_states:
+      merged.update(state[SLOTS])
+    return {**first, SLOTS: merged}
+  if isinstance(first, dict):
+    return {k: global_position([s[k] for s in host_states]) for k in first}
+  if isinstance(first, list):
+    return [global_position(list(items)) for items in zip(*host_states)]
+  return first
+
+
+def host_position(position: Any, slots: list[int]) -> Any:
+  """This host's part of a `global_position`; KeyError names a slot it lacks (the batch size
+  changed)."""
+  if isinstance(position, dict) and SLOTS in position:
+    return {**position, SLOTS: {str(j): position[SLOTS][str(j)] for j in slots}}
+  if isinstance(position, dict):
+    return {k: host_position(v, slots) for k, v in position.items()}
+  if isinstance(position, list):
+    return [host_position(v, slots) for v in position]
+  return position
 
 
 def empty_batch(batch: dict) -> dict:

@@ -271,7 +271,7 @@ def start(run: Run, stack: contextlib.ExitStack) -> tuple[Any, Progress]:
     state = _initial_state(run)
   else:
     step, saved_state, data_state, meta = restored
-    _position_data(train_iter, data_state, run.workdir, step)
+    _position_data(train_iter, data_state, run.workdir, step, exp.data.batch_size)
     if meta.get('seed', seed) != seed:
       _print(f'note: resuming with the checkpoint\'s train.seed={meta["seed"]} (not {seed})')
     progress = Progress(step=step, seed=meta.get('seed', seed),
@@ -299,25 +299,25 @@ def _initial_state(run: Run) -> Any:
   return run.par.restore(host.replace(params=params))
 
 
-def _position_data(train_iter, data_state: Any, workdir: str, step: int):
-  """Moves this process's training iterator to the position saved in the checkpoint (one per
-  process, in process order; {} for a converted checkpoint: read from the start)."""
-  if data_state == {}:
+def _position_data(train_iter, data_state: Any, workdir: str, step: int, batch_size: int):
+  """Moves this process's training iterator to the position saved in the checkpoint: one
+  global position, whatever the number of processes that wrote it ({} for a converted
+  checkpoint, and the per-process positions of earlier versions: read from the start)."""
+  if 'position' not in data_state:
+    if data_state:
+      _print(f'note: the data position saved at step {step} is of an earlier version of the '
+             'data pipeline (one per process); the data is read from the start of its order')
     return
-  hosts = data_state['hosts'] if 'hosts' in data_state else [data_state]
-  if len(hosts) != jax.process_count():
-    raise ConfigError(
-        f'--workdir={workdir}: the checkpoint of step {step} was written by {len(hosts)} '
-        f'process(es), each reading its own shard of the data; this run has '
-        f'{jax.process_count()}. Resume with {len(hosts)} process(es), or use another --workdir')
+  index, count = jax.process_index(), jax.process_count()
   try:
-    if hosts[jax.process_index()]:
-      train_iter.set_state(hosts[jax.process_index()])
+    train_iter.set_state(pipeline.host_position(data_state['position'],
+                                                pipeline.host_slots(batch_size, index, count)))
   except (KeyError, ValueError, TypeError, IndexError) as e:
     raise ConfigError(
         f'--workdir={workdir}: the data position saved at step {step} does not fit this data '
-        f'pipeline ({type(e).__name__}: {e}); was data.dataset, data.pack or data.num_workers '
-        'changed? Restore them (see config.json) or use another --workdir') from None
+        f'pipeline ({type(e).__name__}: {e}); was data.dataset, data.batch_size, data.pack or '
+        'data.num_workers changed? Restore them (see config.json) or use another --workdir'
+        ) from None
 
 
 # --- the loop ------------------------------------------------------------------------------------
@@ -395,13 +395,16 @@ def _evaluate(run: Run, state: Any, template: dict) -> dict[str, float]:
 
 
 def _save(run: Run, state: Any, progress: Progress):
-  """A checkpoint of the step just taken: the state, every process's data position, and what a
-  resumed run needs to log as this one would (the open window, the latest train metrics)."""
+  """A checkpoint of the step just taken: the state, the global data position (every
+  process's slots), and what a resumed run needs to log as this one would (the open window,
+  the latest train metrics)."""
   meta = dict(wall_seconds=progress.wall_seconds, seed=progress.seed,
               tokens=progress.step * run.tokens_per_step, last_train=progress.last_train,
               **progress.window.saved())
   hosts = sharding.gather_host_states(progress.train_iter.get_state())
-  run.ckpts.save(progress.step, run.par.saveable(state), {'hosts': hosts}, meta)
+  position = {'position': pipeline.global_position(hosts),
+              'batch_size': run.experiment.data.batch_size}
+  run.ckpts.save(progress.step, run.par.saveable(state), position, meta)
   progress.saved_step = progress.step
 
 
