@@ -402,6 +402,57 @@ def test_hugging_face_input_errors_are_one_line(saved_hf, monkeypatch):
     experiment_of(config)
   assert time.time() - start < 15
   monkeypatch.setenv('HF_DATASETS_OFFLINE', '1')  # the cache only: not there
+  import datasets as hf
+  import huggingface_hub
+  monkeypatch.setattr(hf.config, 'HF_HUB_OFFLINE', True)  # as the variable does at import
+  monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
   with pytest.raises(ConfigError, match="data.dataset='hf:no-such-dataset-here' is invalid: the "
                                         'datasets library cannot load it'):
     experiment_of(config)
+
+
+# --- token ids stored once (data.pretokenize) ----------------------------------------------------
+
+
+@pytest.mark.parametrize('family,head,fields', [
+    ('decoder_only', None, {}),
+    ('encoder_decoder', None, {'source_field': 'q', 'target_field': 'a'}),
+    ('encoder_only', 'classify', {'label_field': 'label'}),
+])
+def test_stored_token_ids_give_the_batches_of_tokenising_on_the_fly(jsonl_corpus, family, head,
+                                                                    fields):
+  config = data_config(jsonl_corpus, jsonl_corpus / 'train.jsonl', family, head,
+                       tokenizer='sentencepiece', vocab_size=64, spm_type='bpe', eval_fraction=0.1,
+                       **fields)
+
+  def batches(pretokenize, which):
+    config.data.pretokenize = pretokenize
+    experiment = experiment_of(config)
+    tokenizer = pipeline.get_tokenizer(experiment)
+    experiment = pipeline.with_vocab(experiment, tokenizer)
+    iterator = iter(pipeline.make_dataset(experiment, which, tokenizer))
+    out = [next(iterator) for _ in range(3 if which == 'train' else 1)]
+    iterator.close()
+    return out
+
+  for which in ('train', 'eval'):
+    on_the_fly, stored = batches(False, which), batches(True, which)
+    for a, b in zip(on_the_fly, stored):
+      assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+  conversion = datasets.convert_files(Experiment.from_config(config).data, progress=False)
+  [tokens] = [n for n in os.listdir(conversion) if n.startswith('tokens-')]
+  done = os.path.join(conversion, tokens, 'done')
+  stamp = os.stat(done).st_mtime_ns
+  batches(True, 'train')  # reused
+  assert os.stat(done).st_mtime_ns == stamp
+  config.data.vocab_size = 72  # another tokenizer: other ids
+  batches(True, 'train')
+  assert len([n for n in os.listdir(conversion) if n.startswith('tokens-')]) == 2
+
+
+def test_pretokenize_is_only_for_converted_data():
+  config = presets.get_config('decoder_only', 'tiny')
+  config.data.pretokenize = True
+  with pytest.raises(ConfigError, match="data.pretokenize=True is invalid: is only for the "
+                                        "datasets converted here"):
+    Experiment.from_config(config)

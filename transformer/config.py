@@ -312,6 +312,8 @@ class DataConfig(_Section):
   skip_bad_records: bool = _field(False, 'files: skip records that cannot be read (bad JSON, '
                                   'a missing field, invalid UTF-8) and count them, instead of '
                                   'stopping at the first')
+  pretokenize: bool = _field(False, 'files, hf: store the token ids in the conversion '
+                             '(tokenised once, not at every epoch of every run)')
   num_workers: int = _field(0, 'grain worker processes (0: read in the training process)')
   read_threads: int = _field(0, 'threads reading records; 8-16 pay off on remote file systems '
                              '(GCS)')
@@ -333,6 +335,9 @@ class DataConfig(_Section):
     self._non_negative('num_workers', 'prefetch', 'read_threads')
     if self.dataset == 'files' or self.dataset.startswith('hf:'):
       self._check_files()
+    elif self.pretokenize:
+      self._fail('pretokenize', "is only for the datasets converted here: data.dataset='files' "
+                 "or 'hf:NAME'")
 
   @property
   def files_kind(self) -> str:

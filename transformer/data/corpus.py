@@ -459,7 +459,7 @@ def _run(tasks: list[Piece], options: Options, directory: str, workers: int, pro
          ) -> list[dict[str, Any]]:
   from tqdm import tqdm
   total = sum(_size(p) for p in tasks)
-  workers = min(workers or os.cpu_count() or 1, len(tasks))
+  workers = min(workers or _auto_workers(sum(_bytes(p) for p in tasks)), len(tasks))
   unit = 'rows' if tasks and tasks[0].format == 'hf' else 'B'
   bar = tqdm(total=total, unit=unit, unit_scale=True, desc=f'converting {len(tasks)} pieces',
              disable=not progress, leave=False)
@@ -499,6 +499,18 @@ def _convert_or_fail(index: int, piece: Piece, options: Options, directory: str
                       'to skip bad records (they are counted)') from None
   except OSError as e:
     raise ConfigError(f'data.train_files: cannot read {piece.path}: {e.strerror or e}') from None
+
+
+SMALL_BYTES = 16 << 20  # converted in this process: starting workers would take longer
+
+
+def _auto_workers(total_bytes: int) -> int:
+  return 1 if total_bytes < SMALL_BYTES else os.cpu_count() or 1
+
+
+def _bytes(piece: Piece) -> int:
+  """Bytes a piece reads (of a Hugging Face dataset: none known; counted as large)."""
+  return SMALL_BYTES if piece.format == 'hf' else _size(piece)
 
 
 def _size(piece: Piece) -> int:
@@ -682,6 +694,97 @@ def _hf_records(piece: Piece, options: Options) -> Iterator[Item]:
                      lambda: f'{piece.path} {piece.table} row {row}')
 
 
+# --- token ids (data.pretokenize) ----------------------------------------------------------------
+
+TOKENS_VERSION = 1
+
+
+def tokenize(directory: str, tokenizer: Any, workers: int = 0, progress: bool = True) -> str:
+  """The token ids of a conversion, written once per tokenizer beside its text
+  (`<directory>/tokens-<key>/`, the same shards): each text field as int32 ids (targets with
+  `encode_target`), so that runs read ids instead of tokenising every epoch."""
+  from transformer.data import tokenizers
+  key = hashlib.sha256(f'{TOKENS_VERSION}:{tokenizers.fingerprint(tokenizer)}'.encode())
+  target = os.path.join(directory, f'tokens-{key.hexdigest()[:12]}')
+  if os.path.exists(os.path.join(target, 'done')):
+    return target
+  with open(os.path.join(directory, '.tokens.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if os.path.exists(os.path.join(target, 'done')):
+      return target
+    temporary = f'{target}.tmp-{socket.gethostname()}-{os.getpid()}'
+    shutil.rmtree(temporary, ignore_errors=True)
+    os.makedirs(temporary)
+    try:
+      manifest = read_manifest(directory)
+      shards = [s for split in ('train', 'eval') for s in manifest['splits'][split]['shards']]
+      _tokenize_shards(directory, temporary, shards, tokenizer, workers, progress)
+      atomic.atomic_write(os.path.join(temporary, 'done'), tokenizers.fingerprint(tokenizer))
+      os.rename(temporary, target)
+    finally:
+      shutil.rmtree(temporary, ignore_errors=True)
+  return target
+
+
+def _tokenize_shards(directory: str, temporary: str, shards: list[str], tokenizer: Any,
+                     workers: int, progress: bool):
+  from tqdm import tqdm
+  size = sum(os.path.getsize(os.path.join(directory, s)) for s in shards)
+  workers = min(workers or _auto_workers(size), len(shards))
+  jobs = [(os.path.join(directory, s), os.path.join(temporary, s), tokenizer) for s in shards]
+  with tqdm(total=len(shards), unit='shard', desc='tokenising', disable=not progress,
+            leave=False) as bar:
+    if workers <= 1:
+      for job in jobs:
+        _tokenize_shard(*job)
+        bar.update(1)
+      return
+    context = multiprocessing.get_context('spawn')
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+      for future in concurrent.futures.as_completed([pool.submit(_tokenize_shard, *j)
+                                                     for j in jobs]):
+        future.result()
+        bar.update(1)
+
+
+def _tokenize_shard(source: str, destination: str, tokenizer: Any):
+  import grain
+  from array_record.python.array_record_module import ArrayRecordWriter
+  records = grain.sources.ArrayRecordDataSource([source])
+  writer = ArrayRecordWriter(destination, 'group_size:1')
+  try:
+    for i in range(len(records)):
+      writer.write(pack_ids(json.loads(records[i]), tokenizer))
+  finally:
+    writer.close()
+
+
+def pack_ids(example: dict[str, Any], tokenizer: Any) -> bytes:
+  """A record of token ids: a JSON header line (the fields, their lengths, the label), then the
+  ids as int32."""
+  import numpy as np
+  arrays = {key: (tokenizer.encode_target if key == 'targets' else tokenizer.encode)(
+      example[key]) for key in ('text', 'inputs', 'targets') if key in example}
+  header = {'keys': list(arrays), 'lengths': [len(a) for a in arrays.values()]}
+  if 'label' in example:
+    header['label'] = example['label']
+  body = b''.join(np.asarray(a, np.int32).tobytes() for a in arrays.values())
+  return json.dumps(header).encode() + b'\n' + body
+
+
+def unpack_ids(record: bytes) -> dict[str, Any]:
+  """{'text_ids': ids, ...} (and the raw label) of a `pack_ids` record."""
+  import numpy as np
+  head, _, body = record.partition(b'\n')
+  header, ids, offset, out = json.loads(head), np.frombuffer(body, np.int32), 0, {}
+  for key, length in zip(header['keys'], header['lengths']):
+    out[f'{key}_ids'] = ids[offset:offset + length]
+    offset += length
+  if 'label' in header:
+    out['label'] = header['label']
+  return out
+
+
 # --- reading --------------------------------------------------------------------------------------
 
 
@@ -691,20 +794,23 @@ def read_manifest(directory: str) -> dict[str, Any]:
 
 
 class Records:
-  """Random access to the canonical examples of one split of a conversion."""
+  """Random access to the canonical examples of one split of a conversion; with `tokens` (a
+  directory of `tokenize`), to their token ids ({'text_ids': ...}: see `pack_ids`)."""
 
-  def __init__(self, directory: str, split: str):
+  def __init__(self, directory: str, split: str, tokens: str | None = None):
     import grain
     self.manifest = read_manifest(directory)
-    shards = [os.path.join(directory, s) for s in self.manifest['splits'][split]['shards']]
+    shards = [os.path.join(tokens or directory, s)
+              for s in self.manifest['splits'][split]['shards']]
     self._source = grain.sources.ArrayRecordDataSource(shards)
+    self._read = unpack_ids if tokens else json.loads
     self._class = {name: i for i, name in enumerate(self.manifest['classes'])}
 
   def __len__(self) -> int:
     return len(self._source)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    example = json.loads(self._source[index])
+    example = self._read(self._source[index])
     if 'label' in example:
       example['label'] = self._class[str(example['label'])]
     return example

@@ -246,12 +246,15 @@ def _passages(records) -> list[str]:
   return out
 
 
-def open_split(data: DataConfig, which: str) -> CanonicalSource:
-  """The training ('train') or evaluation ('eval') split of `data.dataset`."""
+def open_split(data: DataConfig, which: str, tokenizer: Any = None) -> CanonicalSource:
+  """The training ('train') or evaluation ('eval') split of `data.dataset`. Converted data read
+  with data.pretokenize and a `tokenizer` gives token ids ({'text_ids': ...}), tokenised once."""
   spec = get_spec(data)
   split = spec.splits[0 if which == 'train' else 1]
   if spec.source == 'files':
-    return CanonicalSource(corpus.Records(convert_files(data), split), spec)
+    directory = convert_files(data)
+    tokens = corpus.tokenize(directory, tokenizer) if data.pretokenize and tokenizer else None
+    return CanonicalSource(corpus.Records(directory, split, tokens), spec)
   split = (data.train_split if which == 'train' else data.eval_split) or split
   if spec.source == 'synthetic':
     records = synthetic.SyntheticTask(data.dataset, which, data.synthetic_len,

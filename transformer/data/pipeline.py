@@ -161,6 +161,14 @@ def _ids(*parts) -> np.ndarray:
   return np.concatenate([np.atleast_1d(np.asarray(p, np.int32)) for p in parts])
 
 
+def _encoded(tokenizer, example: dict, key: str, target: bool = False) -> np.ndarray:
+  """The ids of a text field: stored by the conversion (data.pretokenize), else encoded now."""
+  ids = example.get(f'{key}_ids')
+  if ids is not None:
+    return ids
+  return (tokenizer.encode_target if target else tokenizer.encode)(example[key])
+
+
 class LMChunks(grain.experimental.FlatMapTransform):
   """<bos> text <eos>, cut into rows of at most seq_len next-token predictions.
 
@@ -174,8 +182,8 @@ class LMChunks(grain.experimental.FlatMapTransform):
 
   def flat_map(self, example):
     tok, T = self.tokenizer, self.seq_len
-    if 'text' in example:
-      seq = _ids(tok.bos_id, tok.encode(example['text']), tok.eos_id)
+    if 'text' in example or 'text_ids' in example:
+      seq = _ids(tok.bos_id, _encoded(tok, example, 'text'), tok.eos_id)
       starts = range(0, len(seq) - 1, T)[:self.max_fan_out]
       rows = []
       for s in starts:
@@ -183,8 +191,8 @@ class LMChunks(grain.experimental.FlatMapTransform):
         rows.append({'inputs': piece[:-1], 'targets': piece[1:],
                      'weights': np.ones(len(piece) - 1, np.float32)})
       return rows
-    prompt = _ids(tok.bos_id, tok.encode(example['inputs']), tok.sep_id)
-    seq = _ids(prompt, tok.encode(example['targets']), tok.eos_id)[:T + 1]
+    prompt = _ids(tok.bos_id, _encoded(tok, example, 'inputs'), tok.sep_id)
+    seq = _ids(prompt, _encoded(tok, example, 'targets'), tok.eos_id)[:T + 1]
     weights = (np.arange(1, len(seq)) >= len(prompt)).astype(np.float32)
     return [{'inputs': seq[:-1], 'targets': seq[1:], 'weights': weights}]
 
@@ -199,7 +207,7 @@ class MLMChunks(grain.experimental.FlatMapTransform):
 
   def flat_map(self, example):
     tok, T = self.tokenizer, self.seq_len
-    seq = _ids(tok.bos_id, tok.encode(example['text']), tok.eos_id)
+    seq = _ids(tok.bos_id, _encoded(tok, example, 'text'), tok.eos_id)
     return [{'inputs': seq[s:s + T]} for s in range(0, len(seq), T)][:self.max_fan_out]
 
 
@@ -211,8 +219,8 @@ class Seq2SeqExample(grain.transforms.Map):
 
   def map(self, example):
     tok, T = self.tokenizer, self.seq_len
-    source = _ids(tok.encode(example['inputs'])[:T - 1], tok.eos_id)
-    target = _ids(tok.encode_target(example['targets'])[:T - 1], tok.eos_id)
+    source = _ids(_encoded(tok, example, 'inputs')[:T - 1], tok.eos_id)
+    target = _ids(_encoded(tok, example, 'targets', target=True)[:T - 1], tok.eos_id)
     return {'inputs': source, 'targets': target, 'decoder_inputs': _ids(tok.bos_id, target[:-1]),
             'weights': np.ones(len(target), np.float32)}
 
@@ -226,7 +234,7 @@ class ClassifyExample(grain.transforms.Map):
 
   def map(self, example):
     tok = self.tokenizer
-    ids = _ids(tok.bos_id, tok.encode(example['text'])[:self.seq_len - 2], tok.eos_id)
+    ids = _ids(tok.bos_id, _encoded(tok, example, 'text')[:self.seq_len - 2], tok.eos_id)
     row = pad_features({'inputs': ids}, self.seq_len)
     row.update(label=np.int32(example['label']), weights=np.float32(1.0))
     return row
@@ -342,7 +350,7 @@ def make_dataset(experiment: Experiment, which: str, tokenizer: tokenizers.Token
     shard_index, shard_count = host_shard()
   data = experiment.data
   batch_size = host_batch_size(data.batch_size, shard_count)
-  source = datasets.open_split(data, which)
+  source = datasets.open_split(data, which, tokenizer)
   if which == 'train':
     slots = host_slots(data.batch_size, shard_index, shard_count)
     ds = SlotBatches([_rows(experiment, tokenizer, source, slot=j) for j in slots], slots)

@@ -247,3 +247,20 @@ def render(tokenizer: Tokenizer, ids: Iterable[int], segment_ids: Iterable[int] 
     else:
       run.append(token)
   return ''.join(out) + tokenizer.decode(run)
+
+
+def fingerprint(tokenizer: Tokenizer) -> str:
+  """What identifies a tokenizer's ids: the byte tokenizer, or a hash of the SentencePiece model
+  file or of the Hugging Face tokenizer's files."""
+  if isinstance(tokenizer, ByteTokenizer):
+    return 'byte'
+  digest = hashlib.sha256()
+  if isinstance(tokenizer, SentencePieceTokenizer):
+    paths = [tokenizer.model_path]
+  else:
+    root = tokenizer.directory
+    paths = sorted(os.path.join(d, n) for d, _, names in os.walk(root) for n in names)
+  for path in paths:
+    digest.update(os.path.basename(path).encode())
+    digest.update(pathlib.Path(path).read_bytes())
+  return f'{type(tokenizer).__name__}-{digest.hexdigest()[:16]}'
