@@ -1,7 +1,7 @@
 """Tokens/s of the input pipeline per CPU core: bytes, SentencePiece on the fly, and token ids
 stored once by the conversion (data.pretokenize).
 
-  python experiments/perf/tokenize_once.py [--repeats=3] [--batches=300] [--vocab_size=8000]
+  python experiments/perf/tokenize_once.py [--repeats=3] [--batches=200] [--vocab_size=8000]
 
 The corpus is the embedded Shakespeare (its training split, one JSON line per passage) written
 to a temporary directory and read as your own files (data.dataset=files). Each variant is one
@@ -14,16 +14,14 @@ import json
 import os
 import statistics
 import tempfile
-import time
 
 from absl import flags
+from data_pipeline import _REPEATS, pipeline_tokens_per_sec  # and its flags: --batches too
 
 from transformer import cli, presets
 from transformer.config import Experiment
 from transformer.data import datasets, pipeline
 
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'measurements of each variant')
-_BATCHES = flags.DEFINE_integer('batches', 300, 'batches read per measurement')
 _VOCAB = flags.DEFINE_integer('vocab_size', 8000, 'SentencePiece pieces')
 
 
@@ -44,16 +42,8 @@ def variant(data_dir: str, corpus: str, tokenizer: str, pretokenize: bool) -> Ex
 
 
 def tokens_per_sec(experiment: Experiment) -> float:
-  tokenizer = pipeline.get_tokenizer(experiment)
-  experiment = pipeline.with_vocab(experiment, tokenizer)
-  iterator = iter(pipeline.make_dataset(experiment, 'train', tokenizer))
-  next(iterator)  # opening (and converting, tokenising) is not throughput
-  start, tokens = time.perf_counter(), 0
-  for _ in range(_BATCHES.value):
-    tokens += next(iterator)['inputs'].size
-  seconds = time.perf_counter() - start
-  iterator.close()
-  return tokens / seconds
+  tokenizer = pipeline.get_tokenizer(experiment)  # trained (and ids stored) before the clock
+  return pipeline_tokens_per_sec(pipeline.with_vocab(experiment, tokenizer), tokenizer)
 
 
 def main(config, argv):
