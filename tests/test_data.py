@@ -406,6 +406,7 @@ TOPOLOGIES = [
     ('encoder_decoder', 'sort', None, {}),
     ('decoder_only', 'recall', None, {'pack': False}),
     ('encoder_only', 'imdb_reviews', 'classify', {}),
+    ('decoder_only', 'mixture', None, {'mixture': 'shakespeare=0.7,copy=0.3'}),
 ]
 
 
@@ -573,3 +574,60 @@ def test_rows_render_as_the_model_sees_them():
   inputs = re.search(r"\[0\]\s+inputs: '(.*)'", result.stdout).group(1)
   documents = inputs.split(' ‖ ')
   assert len(documents) > 1 and all(re.fullmatch(r'<bos>([a-z]+)<sep>\1', d) for d in documents)
+
+
+# --- mixtures -------------------------------------------------------------------------------------
+
+
+def test_a_mixture_draws_documents_in_its_proportions():
+  """copy and reverse, 3:1: the documents of 30 batches (classified by their answer) follow the
+  weights within 4 standard deviations of the binomial."""
+  config = make_config('decoder_only', 'mixture', mixture='copy=3,reverse=1', seq_len=128,
+                       batch_size=8)
+  counts = collections.Counter()
+  for batch in take(config, 30):
+    for ids, segments in zip(batch['inputs'], batch['segment_ids']):
+      for document in tokenizers.render(BYTES, ids, segments).split(tokenizers.DOCUMENT_BREAK):
+        prompt, answer = re.fullmatch(r'<bos>([a-z]*)<sep>([a-z]*)', document).groups()
+        if prompt != prompt[::-1]:  # a palindrome answers both tasks
+          counts['copy' if answer == prompt else 'reverse'] += 1
+  n = sum(counts.values())
+  assert n > 500 and abs(counts['copy'] / n - 0.75) < 4 * (0.75 * 0.25 / n) ** 0.5, counts
+
+
+def test_a_mixture_is_evaluated_on_each_dataset_and_on_all_together():
+  from transformer.training import evaluation
+  config = make_config('decoder_only', 'mixture', mixture='copy=1,reverse=0', seq_len=64)
+  experiment = Experiment.from_config(config)
+  model = models.build_model(experiment.model)
+  params = models.init_params(experiment.model, jax.random.key(0))
+  sums = []
+
+  def eval_fn(batch):
+    sums.append(jax.device_get(evaluation._eval_sums(model, params, batch, experiment.task)))
+    return sums[-1]
+
+  mixed = evaluation.held_out_metrics(eval_fn, experiment, BYTES, num_batches=2)
+  assert len(sums) == 4  # two batches of each, reverse too (weight 0: evaluated, not trained on)
+  for name in ('copy', 'reverse'):
+    alone = evaluation.held_out_metrics(
+        eval_fn, experiment.replace(data={'dataset': name, 'mixture': ''}), BYTES, num_batches=2)
+    assert mixed[f'eval_loss/{name}'] == pytest.approx(alone['eval_loss'], rel=1e-12)
+  nll = sum(float(s['nll']) for s in sums[:4])
+  weight = sum(float(s['weight']) for s in sums[:4])
+  assert mixed['eval_loss'] == pytest.approx(nll / weight, rel=1e-12)  # all tokens together
+
+
+@pytest.mark.parametrize('mixture,message', [
+    ('copy=1,copy=2', 'each dataset once'),
+    ('copy=-1,sort=1', 'weights >= 0'),
+    ('copy=0', 'not all 0'),
+    ('copy', 'NAME=WEIGHT pairs'),
+    ('copy=1,nope=1', r"data.mixture='copy=1,nope=1' is invalid: data.dataset='nope' is invalid"),
+    ('copy=1,shakespeare=1', r"is invalid: data.dataset='shakespeare' is invalid for "
+                             'model.family=encoder_decoder'),
+])
+def test_bad_mixtures_are_named(mixture, message):
+  config = make_config('encoder_decoder', 'mixture', mixture=mixture)
+  with pytest.raises(ConfigError, match=message):
+    check_data(config)

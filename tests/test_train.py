@@ -459,7 +459,11 @@ def test_a_read_only_checkpoints_directory_is_refused_before_compiling_or_stops_
   deadline = time.time() + 120
   while time.time() < deadline and 4 not in saved_steps(tmp_path):
     time.sleep(0.02)
-  mount('-o', 'remount,ro,bind', checkpoints)
+  while process.poll() is None:  # 'busy' while orbax holds a file open for writing: again
+    if subprocess.run(['mount', '-o', 'remount,ro,bind', str(checkpoints)],
+                      capture_output=True).returncode == 0:
+      break
+    time.sleep(0.005)
   _, err = process.communicate(timeout=120)
   assert process.returncode == 1, err[-2000:]
   [line] = error_lines(err)

@@ -312,6 +312,9 @@ class DataConfig(_Section):
   skip_bad_records: bool = _field(False, 'files: skip records that cannot be read (bad JSON, '
                                   'a missing field, invalid UTF-8) and count them, instead of '
                                   'stopping at the first')
+  mixture: str = _field('', "data.dataset='mixture': the datasets mixed and their weights, "
+                         "e.g. 'shakespeare=0.8,copy=0.2' (named, synthetic, files or hf:; "
+                         'documents drawn in these proportions)')
   pretokenize: bool = _field(False, 'files, hf: store the token ids in the conversion '
                              '(tokenised once, not at every epoch of every run)')
   num_workers: int = _field(0, 'grain worker processes (0: read in the training process)')
@@ -333,11 +336,42 @@ class DataConfig(_Section):
     if not 0.0 < self.mask_rate < 1.0:
       self._fail('mask_rate', 'must be in (0, 1)')
     self._non_negative('num_workers', 'prefetch', 'read_threads')
-    if self.dataset == 'files' or self.dataset.startswith('hf:'):
+    if (self.dataset == 'mixture') != bool(self.mixture):
+      if self.mixture:
+        self._fail('dataset', "must be 'mixture' with data.mixture")
+      self._fail('mixture', "must name the datasets mixed with data.dataset='mixture', e.g. "
+                 "'shakespeare=0.8,copy=0.2'")
+    if self.mixture:
+      self.mixture_weights()
+    if self.dataset == 'files' or self.dataset.startswith('hf:') or self.dataset == 'mixture':
       self._check_files()
     elif self.pretokenize:
       self._fail('pretokenize', "is only for the datasets converted here: data.dataset='files' "
                  "or 'hf:NAME'")
+
+  def mixture_weights(self) -> dict[str, float]:
+    """{dataset: weight} of data.mixture ('NAME=WEIGHT,...'), weights normalised to sum 1. A
+    dataset of weight 0 is evaluated but not trained on (an ablation's end point)."""
+    weights = {}
+    allowed = ("NAME=WEIGHT pairs separated by commas, each dataset once, weights >= 0 and "
+               "not all 0, e.g. 'shakespeare=0.8,copy=0.2'")
+    for part in self.mixture.split(','):
+      name, _, weight = part.strip().rpartition('=')
+      try:
+        value = float(weight)
+      except ValueError:
+        value = -1.0
+      if not name or name in weights or name == 'mixture' or not value >= 0 or math.isinf(value):
+        self._fail('mixture', allowed)
+      weights[name] = value
+    total = sum(weights.values())
+    if total <= 0:
+      self._fail('mixture', allowed)
+    return {name: w / total for name, w in weights.items()}  # 0: evaluated, not trained on
+
+  def source(self, name: str) -> 'DataConfig':
+    """The data of one dataset of a mixture (its other fields are the mixture's)."""
+    return dataclasses.replace(self, dataset=name, mixture='')
 
   @property
   def files_kind(self) -> str:
@@ -347,7 +381,9 @@ class DataConfig(_Section):
     return 'labelled' if self.label_field else 'text'
 
   def _check_files(self):
-    if self.dataset == 'files' and not self.train_files.strip(' ,'):
+    if self.dataset == 'mixture' and 'files' not in self.mixture_weights():
+      return
+    if self.dataset in ('files', 'mixture') and not self.train_files.strip(' ,'):
       self._fail('train_files', "must name the training files (globs separated by commas) "
                  "with data.dataset='files'")
     self._one_of('text_unit', TEXT_UNITS)

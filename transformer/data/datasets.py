@@ -57,6 +57,7 @@ DATASETS: dict[str, DatasetSpec] = {
        for name in SYNTHETIC},
 }
 FILES = 'files'  # data.dataset of your own files: its kind follows from the fields named
+MIXTURE = 'mixture'  # data.dataset of a mixture of the others (data.mixture)
 
 EMBEDDED = {'shakespeare_corpus'}  # built locally from files in the package
 
@@ -70,9 +71,12 @@ def get_spec(data: DataConfig) -> DatasetSpec:
   the files are converted, `files_spec`)."""
   if data.dataset == FILES or corpus.is_hf(data):
     return DatasetSpec(data.files_kind, None, ('train', 'eval'), source='files')
+  if data.dataset == MIXTURE:
+    kinds = {get_spec(data.source(name)).kind for name in data.mixture_weights()}
+    return DatasetSpec('+'.join(sorted(kinds)), None, ('train', 'eval'), source='mixture')
   if data.dataset not in DATASETS:
     raise ConfigError(f'data.dataset={data.dataset!r} is invalid: must be one of '
-                      f'{", ".join(DATASETS)} or {FILES}')
+                      f'{", ".join(DATASETS)}, {FILES}, hf:NAME or {MIXTURE}')
   return DATASETS[data.dataset]
 
 

@@ -18,6 +18,7 @@ state (`get_state` / `set_state`): a resumed run continues on exactly the next b
 global batches are the same on any number of hosts (each reads its rows: `make_dataset`).
 """
 
+import itertools
 import os
 from typing import Any
 
@@ -38,6 +39,13 @@ def check_data(experiment: Experiment) -> DatasetSpec:
   pretrained tokenizer's directory exists. Returns the dataset's spec; a ConfigError names the
   field."""
   cfg, data = experiment.model, experiment.data
+  if data.dataset == datasets.MIXTURE:
+    for source in sources(experiment).values():
+      try:
+        check_data(source)
+      except ConfigError as e:
+        raise ConfigError(f'data.mixture={data.mixture!r} is invalid: {e}') from None
+    return datasets.get_spec(data)
   spec = datasets.get_spec(data)
 
   def fail(name, allowed):
@@ -110,6 +118,10 @@ def prepare_data(experiment: Experiment):
   """What must happen before a run reads its data: your files are converted (a bad record is a
   ConfigError naming the file and line), and their classes are checked against the model's."""
   data, cfg = experiment.data, experiment.model
+  if data.dataset == datasets.MIXTURE:
+    for source in sources(experiment).values():
+      prepare_data(source)
+    return
   if datasets.get_spec(data).source != 'files':
     return
   spec = datasets.files_spec(data)
@@ -117,6 +129,15 @@ def prepare_data(experiment: Experiment):
     where = 'data.train_files hold' if data.dataset == datasets.FILES else f'{data.dataset} has'
     raise ConfigError(f'model.num_classes={cfg.num_classes} is invalid: {where} '
                       f'{spec.num_classes} classes')
+
+
+def sources(experiment: Experiment) -> dict[str, Experiment]:
+  """{dataset: the experiment on it alone} of a mixture (data.mixture), or {dataset: itself}."""
+  data = experiment.data
+  if data.dataset != datasets.MIXTURE:
+    return {data.dataset: experiment}
+  return {name: experiment.replace(data={'dataset': name, 'mixture': ''})
+          for name in data.mixture_weights()}
 
 
 # --- tokenizers -----------------------------------------------------------------------------------
@@ -133,10 +154,15 @@ def get_tokenizer(experiment: Experiment) -> tokenizers.Tokenizer:
   if data.spm_model:
     return tokenizers.load_sentencepiece(data.spm_model, data.vocab_size)
   data_dir = datasets.resolve_data_dir(data.data_dir)
-  path = tokenizers.sentencepiece_cache_path(data_dir, data.dataset, data.vocab_size,
+  name = data.dataset if data.dataset != datasets.MIXTURE else f'mixture-{data.mixture}'
+  path = tokenizers.sentencepiece_cache_path(data_dir, name, data.vocab_size,
                                              data.spm_type, data.spm_examples, data.train_split)
-  if not os.path.exists(path):
-    texts = datasets.training_texts(datasets.open_split(data, 'train'), data.spm_examples)
+  if not os.path.exists(path):  # a mixture's: each dataset's share of the examples
+    weights = data.mixture_weights() if data.mixture else {data.dataset: 1.0}
+    texts = itertools.chain.from_iterable(
+        datasets.training_texts(datasets.open_split(source.data, 'train'),
+                                max(1, round(data.spm_examples * weights[name])))
+        for name, source in sources(experiment).items())
     tokenizers.train_sentencepiece(texts, data.vocab_size, path, data.spm_type)
   return tokenizers.SentencePieceTokenizer(path)
 
@@ -350,12 +376,16 @@ def make_dataset(experiment: Experiment, which: str, tokenizer: tokenizers.Token
     shard_index, shard_count = host_shard()
   data = experiment.data
   batch_size = host_batch_size(data.batch_size, shard_count)
-  source = datasets.open_split(data, which, tokenizer)
+  splits = [datasets.open_split(source.data, which, tokenizer)  # opened once, read by all
+            for source in sources(experiment).values()]
   if which == 'train':
     slots = host_slots(data.batch_size, shard_index, shard_count)
-    ds = SlotBatches([_rows(experiment, tokenizer, source, slot=j) for j in slots], slots)
+    ds = SlotBatches([_rows(experiment, tokenizer, _slot_documents(experiment, splits, j),
+                            train=True, key=j, bins=PACK_BINS) for j in slots], slots)
   else:
-    ds = _rows(experiment, tokenizer, source, shard=(shard_index, shard_count))
+    documents = _eval_documents(experiment, splits, shard_index, shard_count)
+    ds = _rows(experiment, tokenizer, documents, train=False, key=shard_index,
+               bins=max(batch_size, PACK_BINS))
     ds = ds.batch(batch_size, drop_remainder=False).map(PadBatch(batch_size))
   if data.num_workers > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
@@ -364,24 +394,45 @@ def make_dataset(experiment: Experiment, which: str, tokenizer: tokenizers.Token
   return ds
 
 
-def _rows(experiment: Experiment, tokenizer: tokenizers.Tokenizer, source, *,
-          slot: int | None = None, shard: tuple[int, int] = (0, 1)) -> grain.IterDataset:
-  """Rows of one training slot (shuffled, endless), or of one shard of the evaluation split."""
-  data, task, T, seed = experiment.data, experiment.task, experiment.data.seq_len, \
-      experiment.train.seed
-  train = slot is not None
-  ds = grain.MapDataset.source(source)
-  if train:
-    ds = ds.seed(seed).shuffle().repeat(None)[slot::data.batch_size]
+def _slot_documents(experiment: Experiment, splits: list, slot: int) -> grain.IterDataset:
+  """The documents of training slot `slot`: j, j + B, j + 2B, ... of the split's shuffled order
+  (reshuffled every epoch); of a mixture, drawn from its datasets' slot streams in their
+  proportions (deterministically: grain's mix)."""
+  data, seed = experiment.data, experiment.train.seed
+  weights = list(data.mixture_weights().values()) if data.mixture else [1.0]
+  streams = []
+  for i, (split, weight) in enumerate(zip(splits, weights)):
+    if not weight:
+      continue
+    ds = grain.MapDataset.source(split)
+    ds = ds.seed(seed if i == 0 else _seed(seed, i, 3)).shuffle().repeat(None)
     # Records are read in this thread (the whole pipeline runs in the prefetch thread); the
     # slots share no reading threads (data.read_threads serves the evaluation split).
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
-  else:
-    ds = ds[shard[0]::shard[1]]
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data.read_threads,
-                                              prefetch_buffer_size=max(16, 4 * data.read_threads)))
-  key = slot if train else shard[0]
+    streams.append(ds[slot::data.batch_size].to_iter_dataset(
+        grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
+  if len(streams) == 1:
+    return streams[0]
+  return grain.IterDataset.mix(streams, [w for w in weights if w])
 
+
+def _eval_documents(experiment: Experiment, splits: list, shard_index: int, shard_count: int
+                    ) -> grain.IterDataset:
+  """This host's shard of the evaluation split (of a mixture: its datasets' splits, one after
+  the other)."""
+  data = experiment.data
+  ds = grain.MapDataset.concatenate([grain.MapDataset.source(split) for split in splits])
+  return ds[shard_index::shard_count].to_iter_dataset(
+      grain.ReadOptions(num_threads=data.read_threads,
+                        prefetch_buffer_size=max(16, 4 * data.read_threads)))
+
+
+def _rows(experiment: Experiment, tokenizer: tokenizers.Tokenizer, ds: grain.IterDataset, *,
+          train: bool, key: int, bins: int) -> grain.IterDataset:
+  """Tokenised, packed (or padded) rows of a stream of documents: of one training slot, or of
+  one shard of the evaluation split. `key` seeds the packing and the masks; `bins`: rows
+  packed at once."""
+  data, task, T, seed = experiment.data, experiment.task, experiment.data.seq_len, \
+      experiment.train.seed
   if task == 'lm':
     ds, lengths = grain.experimental.FlatMapIterDataset(ds, LMChunks(tokenizer, T)), (
         'inputs', 'targets', 'weights')
@@ -394,7 +445,6 @@ def _rows(experiment: Experiment, tokenizer: tokenizers.Tokenizer, source, *,
     ds, lengths = ds.map(ClassifyExample(tokenizer, T)), ()
 
   if lengths and data.pack:
-    bins = PACK_BINS if train else max(data.batch_size // shard[1], PACK_BINS)
     ds = grain.experimental.FirstFitPackIterDataset(
         ds, length_struct={k: T for k in lengths}, num_packing_bins=bins,
         seed=_seed(seed, key, 2), shuffle_bins=train)

@@ -15,7 +15,6 @@ else at the first `check()` after the background write failed (the loop checks a
 step). The previous checkpoints stay intact; the failed step's temporary directory is removed.
 """
 
-import contextlib
 import logging
 import os
 import shutil
@@ -73,7 +72,8 @@ class Checkpoints:
           state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
           meta=ocp.args.JsonSave(meta)), force=True)
     except Exception as e:  # noqa: BLE001 - storage errors become one line; others stay as they are
-      raise self._failed(step, e) from None
+      self._failure = self._failed(step, e)
+      raise self._failure from None
     threading.Thread(target=self._watch, args=(step,), name='checkpoint-watch', daemon=True
                      ).start()
 
@@ -168,7 +168,8 @@ class Checkpoints:
     try:
       self._manager.wait_until_finished()
     except Exception as e:  # noqa: BLE001 - as in save
-      raise self._failed(self._saving, e) from None
+      self._failure = self._failed(self._saving, e)
+      raise self._failure from None
 
   def close(self):
     """Waits for the save in flight (RunFailed if it failed, unless that was reported already)
@@ -182,10 +183,14 @@ class Checkpoints:
       failed = True
       raise
     finally:
+      failed = failed or self._failure is not None
       if failed:
         self._remove_temporary()
-      with contextlib.suppress(Exception) if failed else contextlib.nullcontext():
+      try:
         self._manager.close()  # after a failure, it waits again for the failed save: ignored
+      except Exception as e:  # noqa: BLE001 - a last write refused: one line too
+        if not failed:
+          raise self._failed(self._saving, e) from None
 
   def _remove_temporary(self):
     if jax.process_index() == 0 and os.path.isdir(self.directory):
