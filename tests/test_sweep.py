@@ -255,3 +255,25 @@ def test_bad_sweep_exits_2_with_one_line_before_running(tmp_path):
   assert result.stderr.count('\n') == 1 and 'Traceback' not in result.stderr, result.stderr
   assert 'point 2 (sede-1_' in result.stderr and 'train.sede is not a field' in result.stderr
   assert not (tmp_path / 'w').exists()  # nothing ran, nothing was written
+
+
+def test_a_mixture_ablation_reports_each_datasets_loss(tmp_path):
+  """results.csv of configs/sweeps/mixture.py: a column per dataset of the mixtures, filled
+  from each finished point's summary."""
+  path = ROOT / 'configs' / 'sweeps' / 'mixture.py'
+  spec = importlib.util.spec_from_file_location('mixture', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  points = sweeps.expand(module.get_config(), sweeps.load_sweep(str(path), None))
+  for i, point in enumerate(points[:2]):  # two finished, the others pending
+    os.makedirs(tmp_path / point.id)
+    summary = {'status': 'finished', 'steps': point.config.train.num_steps,
+               'final_train_loss': 3.0, 'final_eval_loss': 2.5 + i,
+               'eval_loss/shakespeare': 2.0 + i, 'eval_loss/recall': 4.0 + i}
+    (tmp_path / point.id / 'summary.json').write_text(json.dumps(summary))
+  rows = list(csv.DictReader(open(sweeps.write_results(points, str(tmp_path),
+                                                       ['data.mixture']))))
+  assert [r['status'] for r in rows] == ['finished'] * 2 + ['pending'] * 3
+  assert [(r['eval_loss/shakespeare'], r['eval_loss/recall']) for r in rows[:2]] == [
+      ('2.0', '4.0'), ('3.0', '5.0')]
+  assert rows[2]['eval_loss/recall'] == '' and rows[0]['data.mixture'] == 'shakespeare=1,recall=0'

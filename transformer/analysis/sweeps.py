@@ -311,16 +311,27 @@ def write_results(points: list[Point], workdir: str, fields: list[str]) -> str:
   path = os.path.join(workdir, 'results.csv')
   text = io.StringIO()
   writer = csv.writer(text)
-  writer.writerow(['id', 'status', *fields, *RESULT_FIELDS])
+  columns = [*RESULT_FIELDS[:-2], *_source_fields(points), *RESULT_FIELDS[-2:]]
+  writer.writerow(['id', 'status', *fields, *columns])
   for point in points:
     status, results = point_status(point, workdir)
     planned = dict(point.info, steps=point.config.train.num_steps)
     row = {**planned, **{k: v for k, v in results.items() if v is not None}}
     values = point.values
     writer.writerow([point.id, status, *(values.get(f, '') for f in fields),
-                     *(row.get(f, '') for f in RESULT_FIELDS)])
+                     *(row.get(f, '') for f in columns)])
   files.atomic_write(path, text.getvalue())
   return path
+
+
+def _source_fields(points: list[Point]) -> list[str]:
+  """The final eval loss of each dataset of the points' mixtures (a mixture ablation's
+  columns)."""
+  names = []
+  for point in points:
+    if point.experiment.data.mixture:
+      names += [n for n in point.experiment.data.mixture_weights() if n not in names]
+  return [f'eval_loss/{name}' for name in names]
 
 
 # --- The command -------------------------------------------------------------------------------
