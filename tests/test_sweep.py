@@ -20,6 +20,14 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 SWEEPS = sorted((ROOT / 'configs' / 'sweeps').glob('*.py'))
 
 
+def config_module(path):
+  """A config file as a module (its get_config, get_sweep)."""
+  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def test_product_zip_chain():
   a, b = sweeps.axis('x.a', [1, 2]), sweeps.axis('x.b', ['u', 'v', 'w'])
   assert sweeps.product(a, b) == [{'x.a': 1, 'x.b': 'u'}, {'x.a': 1, 'x.b': 'v'},
@@ -85,9 +93,7 @@ def test_bad_sweeps_name_the_point_and_field(grid, derived, message):
 def test_every_sweep_file_expands(path):
   text = path.read_text()
   assert f'--config=configs/sweeps/{path.name}' in text  # the launch command is in the docstring
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = config_module(path)
   for scale in ('cpu', 'gpu'):  # every point's config is valid (counting is left to dry runs)
     points = sweeps.expand(module.get_config(scale), sweeps.load_sweep(str(path), scale))
     assert len(points) >= 2
@@ -196,9 +202,7 @@ def test_sweep_isolates_failures_skips_finished_and_runs_through_submitit(tmp_pa
               for r in (rows[0], rows[2])}
 
   # A point whose run stopped short of its steps is 'interrupted' (relaunching resumes it).
-  spec = importlib.util.spec_from_file_location('tiny', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = config_module(path)
   longer = sweeps.Sweep(grid=[{'train.seed': 0}], derived={'train.num_steps': lambda c: 5})
   point = sweeps.expand(module.get_config(), longer)[0]
   assert point.id == rows[0]['id'] and sweeps.point_status(point, str(workdir))[0] == 'interrupted'
@@ -217,9 +221,7 @@ def test_a_stopped_point_is_resumable_not_failed(tmp_path):
   """A point whose process SIGTERM reached before its handler was installed (it dies by the
   signal) or that saved and exited 143 is 'interrupted', which a relaunch runs again; only a
   real failure is 'failed'. Real processes, real signals."""
-  config = importlib.util.spec_from_file_location('tiny', ROOT / 'configs' / 'default.py')
-  module = importlib.util.module_from_spec(config)
-  config.loader.exec_module(module)
+  module = config_module(ROOT / 'configs' / 'default.py')
   point = sweeps.expand(module.get_config(), sweeps.Sweep(grid=[{'train.seed': 0}]))[0]
   point_dir, workdir = tmp_path / point.id, str(tmp_path)
   python = [sys.executable, '-c']
@@ -261,9 +263,7 @@ def test_a_mixture_ablation_reports_each_datasets_loss(tmp_path):
   """results.csv of configs/sweeps/mixture.py: a column per dataset of the mixtures, filled
   from each finished point's summary."""
   path = ROOT / 'configs' / 'sweeps' / 'mixture.py'
-  spec = importlib.util.spec_from_file_location('mixture', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = config_module(path)
   points = sweeps.expand(module.get_config(), sweeps.load_sweep(str(path), None))
   for i, point in enumerate(points[:2]):  # two finished, the others pending
     os.makedirs(tmp_path / point.id)
