@@ -453,6 +453,6 @@ def test_stored_token_ids_give_the_batches_of_tokenising_on_the_fly(jsonl_corpus
 def test_pretokenize_is_only_for_converted_data():
   config = presets.get_config('decoder_only', 'tiny')
   config.data.pretokenize = True
-  with pytest.raises(ConfigError, match="data.pretokenize=True is invalid: is only for the "
+  with pytest.raises(ConfigError, match="data.pretokenize=True is invalid: it is only for the "
                                         "datasets converted here"):
     Experiment.from_config(config)

@@ -346,7 +346,7 @@ class DataConfig(_Section):
     if self.dataset == 'files' or self.dataset.startswith('hf:') or self.dataset == 'mixture':
       self._check_files()
     elif self.pretokenize:
-      self._fail('pretokenize', "is only for the datasets converted here: data.dataset='files' "
+      self._fail('pretokenize', "it is only for the datasets converted here: data.dataset='files' "
                  "or 'hf:NAME'")
 
   def mixture_weights(self) -> dict[str, float]:
