@@ -377,29 +377,6 @@ def test_same_seed_same_order_other_seed_other_order(data_dir):
   assert not np.array_equal(first[0]['inputs'], other[0]['inputs'])
 
 
-RESUMABLE = [
-    ('decoder_only', 'shakespeare', None, {}),
-    ('encoder_only', 'shakespeare', None, {}),  # with random masks
-    ('encoder_decoder', 'sort', None, {}),
-    ('decoder_only', 'recall', None, {'pack': False}),
-]
-
-
-@pytest.mark.parametrize('family,dataset,head,extra', RESUMABLE)
-def test_resume_from_saved_state_gives_the_next_batches(data_dir, family, dataset, head, extra):
-  config = make_config(family, dataset, data_dir, head, **extra)
-  iterator = iter(pipeline.make_dataset(Experiment.from_config(config), 'train', BYTES))
-  for _ in range(5):
-    next(iterator)
-  state = json.loads(json.dumps(iterator.get_state()))  # what a checkpoint stores
-  expected = [next(iterator) for _ in range(4)]
-  iterator.close()
-  resumed = iter(pipeline.make_dataset(Experiment.from_config(config), 'train', BYTES))
-  resumed.set_state(state)
-  assert_batches_equal([next(resumed) for _ in range(4)], expected)
-  resumed.close()
-
-
 TOPOLOGIES = [
     ('decoder_only', 'shakespeare', None, {}),  # packed
     ('encoder_only', 'shakespeare', None, {}),  # random masks
