@@ -390,13 +390,14 @@ TOPOLOGIES = [
 @pytest.mark.parametrize('family,dataset,head,extra', TOPOLOGIES)
 def test_global_batches_are_the_same_on_any_number_of_hosts_and_resume_across_them(
     data_dir, family, dataset, head, extra):
-  """The rows of 2 or 4 hosts, side by side in process order, are the batches of one host; a
-  position saved by 2 hosts resumes on 1 and on 4 with the next global batches."""
+  """The rows of 2 or 4 hosts, side by side in process order, are the batches of one host (of
+  evaluation too); a position saved by 2 hosts resumes on 1 and on 4 with the next global
+  batches."""
   config = make_config(family, dataset, data_dir, head, batch_size=8, seq_len=48, **extra)
   experiment = Experiment.from_config(config)
 
-  def hosts(count):
-    return [iter(pipeline.make_dataset(experiment, 'train', BYTES, shard_index=i,
+  def hosts(count, which='train'):
+    return [iter(pipeline.make_dataset(experiment, which, BYTES, shard_index=i,
                                        shard_count=count)) for i in range(count)]
 
   def global_batches(iterators, n):
@@ -417,11 +418,14 @@ def test_global_batches_are_the_same_on_any_number_of_hosts_and_resume_across_th
       for i, it in enumerate(resumed):
         it.set_state(pipeline.host_position(saved, pipeline.host_slots(8, i, count)))
       assert_batches_equal(global_batches(resumed, 3), one[4:])
+    held_out = global_batches(hosts(1, 'eval'), 2)  # evaluation too: the same batches
+    assert_batches_equal(global_batches(hosts(4, 'eval'), 2), held_out)
 
 
 def test_host_shards_are_disjoint_and_cover_the_data():
   """On the evaluation split (one pass, no shuffle): the rows of 3 hosts, together, are
-  exactly the rows of one host reading everything (as multisets: no row lost, none doubled)."""
+  exactly the rows of one host reading everything (as multisets: no row lost, none doubled),
+  and the global batches are the same."""
   config = make_config(dataset='copy', pack=False, batch_size=12)
 
   def rows(**shard):
@@ -433,7 +437,9 @@ def test_host_shards_are_disjoint_and_cover_the_data():
   everything = rows()
   shards = [rows(shard_index=i, shard_count=3) for i in range(3)]
   assert len(everything) == synthetic.EVAL_SIZE
-  assert all(len(s) in (333, 334) for s in shards)
+  # host i reads the documents of its rows of the batch: j, j + 12, j + 24, ... for its 4 rows j
+  assert [len(s) for s in shards] == [sum(len(range(j, synthetic.EVAL_SIZE, 12))
+                                          for j in range(4 * i, 4 * i + 4)) for i in range(3)]
   assert collections.Counter(sum(shards, [])) == collections.Counter(everything)
   with pytest.raises(ConfigError, match='data.batch_size=12 .*divisible by the number of hosts'):
     pipeline.make_dataset(Experiment.from_config(config), 'eval', BYTES, shard_index=0,

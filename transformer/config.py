@@ -318,8 +318,9 @@ class DataConfig(_Section):
   pretokenize: bool = _field(False, 'files, hf: store the token ids in the conversion '
                              '(tokenised once, not at every epoch of every run)')
   num_workers: int = _field(0, 'grain worker processes (0: read in the training process)')
-  read_threads: int = _field(0, 'threads reading records; 8-16 pay off on remote file systems '
-                             '(GCS)')
+  read_threads: int = _field(0, 'threads reading records for each row of the batch (a slot; a '
+                             'host reads data.batch_size / hosts of them); 2-4 pay off on '
+                             'remote file systems (GCS)')
   prefetch: int = _field(4, 'batches prepared ahead by a background thread (0: none)')
 
   def __post_init__(self):

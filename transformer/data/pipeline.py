@@ -330,17 +330,6 @@ class SelectKeys(grain.transforms.Map):
             for out, key in self.keys.items()}
 
 
-class PadBatch(grain.transforms.Map):
-  """Pads a short final evaluation batch with zero rows (weight 0), keeping shapes fixed."""
-
-  def __init__(self, batch_size: int):
-    self.batch_size = batch_size
-
-  def map(self, batch):
-    return {k: np.pad(v, [(0, self.batch_size - len(v))] + [(0, 0)] * (v.ndim - 1))
-            for k, v in batch.items()}
-
-
 # --- the pipeline -------------------------------------------------------------------------------
 
 PACK_BINS = 16  # rows a training slot packs at once (first fit)
@@ -375,7 +364,7 @@ def make_dataset(experiment: Experiment, which: str, tokenizer: tokenizers.Token
   if shard_index is None or shard_count is None:
     shard_index, shard_count = host_shard()
   data = experiment.data
-  batch_size = host_batch_size(data.batch_size, shard_count)
+  host_batch_size(data.batch_size, shard_count)  # divisible by the hosts
   splits = [datasets.open_split(source.data, which, tokenizer)  # opened once, read by all
             for source in sources(experiment).values()]
   if which == 'train':
@@ -383,10 +372,10 @@ def make_dataset(experiment: Experiment, which: str, tokenizer: tokenizers.Token
     ds = SlotBatches([_rows(experiment, tokenizer, _slot_documents(experiment, splits, j),
                             train=True, key=j, bins=PACK_BINS) for j in slots], slots)
   else:
-    documents = _eval_documents(experiment, splits, shard_index, shard_count)
-    ds = _rows(experiment, tokenizer, documents, train=False, key=shard_index,
-               bins=max(batch_size, PACK_BINS))
-    ds = ds.batch(batch_size, drop_remainder=False).map(PadBatch(batch_size))
+    slots = host_slots(data.batch_size, shard_index, shard_count)
+    ds = SlotBatches([_rows(experiment, tokenizer, _eval_documents(experiment, splits, j),
+                            train=False, key=j, bins=PACK_BINS) for j in slots], slots,
+                     finite=True)
   if data.num_workers > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
   if data.prefetch > 0:
@@ -406,24 +395,24 @@ def _slot_documents(experiment: Experiment, splits: list, slot: int) -> grain.It
       continue
     ds = grain.MapDataset.source(split)
     ds = ds.seed(seed if i == 0 else _seed(seed, i, 3)).shuffle().repeat(None)
-    # Records are read in this thread (the whole pipeline runs in the prefetch thread); the
-    # slots share no reading threads (data.read_threads serves the evaluation split).
-    streams.append(ds[slot::data.batch_size].to_iter_dataset(
-        grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
+    streams.append(ds[slot::data.batch_size].to_iter_dataset(_read_options(data)))
   if len(streams) == 1:
     return streams[0]
   return grain.IterDataset.mix(streams, [w for w in weights if w])
 
 
-def _eval_documents(experiment: Experiment, splits: list, shard_index: int, shard_count: int
-                    ) -> grain.IterDataset:
-  """This host's shard of the evaluation split (of a mixture: its datasets' splits, one after
-  the other)."""
-  data = experiment.data
+def _eval_documents(experiment: Experiment, splits: list, slot: int) -> grain.IterDataset:
+  """The documents of evaluation slot `slot`: j, j + B, j + 2B, ... of the split, in order, once
+  (of a mixture: its datasets' splits, one after the other)."""
   ds = grain.MapDataset.concatenate([grain.MapDataset.source(split) for split in splits])
-  return ds[shard_index::shard_count].to_iter_dataset(
-      grain.ReadOptions(num_threads=data.read_threads,
-                        prefetch_buffer_size=max(16, 4 * data.read_threads)))
+  return ds[slot::experiment.data.batch_size].to_iter_dataset(_read_options(experiment.data))
+
+
+def _read_options(data) -> grain.ReadOptions:
+  """Records are read in the pipeline's thread by default (itself the prefetch thread);
+  data.read_threads gives each slot its own reading threads (for remote file systems)."""
+  threads = data.read_threads
+  return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=4 * threads)
 
 
 def _rows(experiment: Experiment, tokenizer: tokenizers.Tokenizer, ds: grain.IterDataset, *,
@@ -460,26 +449,42 @@ def _seed(seed: int, key: int, purpose: int) -> int:
 
 
 class SlotBatches(grain.IterDataset):
-  """A host's rows of each global batch: one row from each of its slots, stacked in order."""
+  """A host's rows of each global batch: one row from each of its slots, stacked in order.
+  `finite` (evaluation): a slot that has run out gives rows of zeros (weight 0) until every
+  slot has."""
 
-  def __init__(self, parents: list[grain.IterDataset], slots: list[int]):
+  def __init__(self, parents: list[grain.IterDataset], slots: list[int], finite: bool = False):
     super().__init__(parents)
-    self._slots = slots
+    self._slots, self._finite = slots, finite
 
   def __iter__(self) -> grain.DatasetIterator:
-    return _SlotIterator([p.__iter__() for p in self._parents], self._slots)
+    return _SlotIterator([p.__iter__() for p in self._parents], self._slots, self._finite)
 
   def __str__(self) -> str:
     return f'SlotBatches(slots {self._slots[0]}..{self._slots[-1]})'
 
 
 class _SlotIterator(grain.DatasetIterator):
-  def __init__(self, parents: list[grain.DatasetIterator], slots: list[int]):
+  def __init__(self, parents: list[grain.DatasetIterator], slots: list[int], finite: bool):
     super().__init__(parents)
-    self._slots = slots
+    self._slots, self._finite = slots, finite
+    self._done = [False] * len(parents)
+    self._blank: dict | None = None  # a row of zeros, for slots that have run out
 
   def __next__(self) -> dict[str, np.ndarray]:
-    rows = [next(p) for p in self._parents]
+    if not self._finite:
+      rows = [next(p) for p in self._parents]
+      return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    rows = []
+    for i, parent in enumerate(self._parents):
+      row = None if self._done[i] else next(parent, None)
+      self._done[i] = row is None
+      rows.append(row)
+      if row is not None and self._blank is None:
+        self._blank = {k: np.zeros_like(v) for k, v in row.items()}
+    if all(self._done):
+      raise StopIteration
+    rows = [self._blank if r is None else r for r in rows]
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
   def get_state(self) -> dict:
