@@ -292,11 +292,6 @@ def _json_records(piece: Piece, options: Options) -> Iterator[Item]:
     yield _example(record, options, lambda: _where(piece, number))
 
 
-def parquet_columns(path: str) -> list[str]:
-  import pyarrow.parquet as pq
-  return list(pq.ParquetFile(path).schema_arrow.names)
-
-
 def _parquet_records(piece: Piece, options: Options) -> Iterator[Item]:
   import pyarrow.parquet as pq
   table, columns = pq.ParquetFile(piece.path), list(_fields(options).values())
@@ -388,8 +383,8 @@ def convert_piece(index: int, piece: Piece, options: Options, directory: str) ->
         if not options.skip_bad_records:
           raise bad
         skipped += 1
-        reported = reported[:MAX_REPORTED - 1] + [str(bad)] if len(reported) < MAX_REPORTED \
-            else reported
+        if len(reported) < MAX_REPORTED:
+          reported.append(str(bad))
         continue
       if example is None:
         continue

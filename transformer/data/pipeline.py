@@ -332,7 +332,7 @@ class SelectKeys(grain.transforms.Map):
 
 # --- the pipeline -------------------------------------------------------------------------------
 
-PACK_BINS = 16  # rows a training slot packs at once (first fit)
+PACK_BINS = 16  # rows a slot packs at once (first fit)
 
 
 def host_batch_size(global_batch: int, shard_count: int) -> int:
@@ -352,30 +352,25 @@ def host_slots(global_batch: int, shard_index: int, shard_count: int) -> list[in
 def make_dataset(experiment: Experiment, which: str, tokenizer: tokenizers.Tokenizer, *,
                  shard_index: int | None = None, shard_count: int | None = None
                  ) -> grain.IterDataset:
-  """Batches of the training ('train': shuffled, endless) or evaluation ('eval': one pass, the
-  last batch padded) split for this host (by default this JAX process:
-  `jax.process_index()` of `jax.process_count()`).
+  """Batches of the training ('train': shuffled, endless) or evaluation ('eval': one pass, in
+  order) split for this host (by default this JAX process: `jax.process_index()` of
+  `jax.process_count()`).
 
-  Training batches are global: row j of every global batch comes from slot j, which reads
-  documents j, j + B, j + 2B, ... of the split's shuffled order (B = data.batch_size) and packs
-  them alone. A host reads its slots (`host_slots`), so the sequence of global batches depends
-  on the dataset, the seed and the batch size, not on the number of hosts, and a run resumes on
-  any number of them (`global_position`). Evaluation reads this host's shard of the split."""
+  Batches are global: row j of every global batch comes from slot j, which reads documents
+  j, j + B, j + 2B, ... of the split (B = data.batch_size; for training in its shuffled order)
+  and packs them alone. A host reads its slots (`host_slots`), so the sequence of global
+  batches depends on the dataset, the seed and the batch size, not on the number of hosts, and
+  a run resumes on any number of them (`global_position`). In evaluation a slot that has run
+  out gives empty rows (weight 0) until every slot has."""
   if shard_index is None or shard_count is None:
     shard_index, shard_count = host_shard()
-  data = experiment.data
-  host_batch_size(data.batch_size, shard_count)  # divisible by the hosts
+  data, train = experiment.data, which == 'train'
   splits = [datasets.open_split(source.data, which, tokenizer)  # opened once, read by all
             for source in sources(experiment).values()]
-  if which == 'train':
-    slots = host_slots(data.batch_size, shard_index, shard_count)
-    ds = SlotBatches([_rows(experiment, tokenizer, _slot_documents(experiment, splits, j),
-                            train=True, key=j, bins=PACK_BINS) for j in slots], slots)
-  else:
-    slots = host_slots(data.batch_size, shard_index, shard_count)
-    ds = SlotBatches([_rows(experiment, tokenizer, _eval_documents(experiment, splits, j),
-                            train=False, key=j, bins=PACK_BINS) for j in slots], slots,
-                     finite=True)
+  documents = _slot_documents if train else _eval_documents
+  slots = host_slots(data.batch_size, shard_index, shard_count)
+  ds = SlotBatches([_rows(experiment, tokenizer, documents(experiment, splits, j), train=train,
+                          key=j) for j in slots], slots, finite=not train)
   if data.num_workers > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
   if data.prefetch > 0:
@@ -416,10 +411,9 @@ def _read_options(data) -> grain.ReadOptions:
 
 
 def _rows(experiment: Experiment, tokenizer: tokenizers.Tokenizer, ds: grain.IterDataset, *,
-          train: bool, key: int, bins: int) -> grain.IterDataset:
-  """Tokenised, packed (or padded) rows of a stream of documents: of one training slot, or of
-  one shard of the evaluation split. `key` seeds the packing and the masks; `bins`: rows
-  packed at once."""
+          train: bool, key: int) -> grain.IterDataset:
+  """Tokenised, packed (or padded) rows of the document stream of one slot; `key` (the slot)
+  seeds the packing and the masks."""
   data, task, T, seed = experiment.data, experiment.task, experiment.data.seq_len, \
       experiment.train.seed
   if task == 'lm':
@@ -435,11 +429,11 @@ def _rows(experiment: Experiment, tokenizer: tokenizers.Tokenizer, ds: grain.Ite
 
   if lengths and data.pack:
     ds = grain.experimental.FirstFitPackIterDataset(
-        ds, length_struct={k: T for k in lengths}, num_packing_bins=bins,
+        ds, length_struct={k: T for k in lengths}, num_packing_bins=PACK_BINS,
         seed=_seed(seed, key, 2), shuffle_bins=train)
   elif lengths:
     ds = ds.map(PadExample(T))
-  if task == 'mlm':  # every slot (and shard) draws its own masks
+  if task == 'mlm':  # every slot draws its own masks
     ds = ds.random_map(MaskTokens(tokenizer, data.mask_rate), seed=_seed(seed, key, 1))
   return ds.map(SelectKeys(task))
 
@@ -495,7 +489,7 @@ class _SlotIterator(grain.DatasetIterator):
       p.set_state(state[SLOTS][str(j)])
 
 
-SLOTS = 'slots'  # the key of slot states in a training iterator's state
+SLOTS = 'slots'  # the key of slot states in an iterator's state
 
 
 def global_position(host_states: list[Any]) -> Any:

@@ -32,28 +32,24 @@ def held_out_metrics(eval_fn: Callable[[dict], dict], experiment: Experiment, to
   over the (global) batch; every batch is dispatched before the first result is read, and the
   sums are added on the host in float64.
 
-  With several processes each reads its own shard, and every process must call this: a host
-  whose shard runs short evaluates batches of zero weight shaped like `template` (e.g. a
-  training batch), and over the whole split the hosts go on until every one is done. A mixture
-  gives each dataset's metrics too ('eval_loss/copy'), each on its own held-out split."""
+  With several processes each reads its rows of the global batches, and every process must
+  call this: a host whose rows run out evaluates batches of zero weight shaped like `template`
+  (e.g. a training batch), and over the whole split the hosts go on until every one is done. A
+  mixture gives each dataset's metrics too ('eval_loss/copy'), each on its own held-out
+  split."""
   by_source = pipeline.sources(experiment)
-  if len(by_source) > 1:  # a mixture: each dataset's metrics, and all of them together
-    sums = {name: _held_out_sums(eval_fn, source, tokenizer, num_batches, template)
-            for name, source in by_source.items()}
-    sums = {name: totals for name, totals in sums.items() if totals is not None}
-    if not sums:
-      return {}
-    byte_tokens = experiment.data.tokenizer == 'byte'
-    out = metrics_from_sums(add_sums(list(sums.values())), experiment.task, byte_tokens)
+  sums = {name: _held_out_sums(eval_fn, source, tokenizer, num_batches, template)
+          for name, source in by_source.items()}
+  sums = {name: totals for name, totals in sums.items() if totals is not None}
+  if not sums:
+    return {}
+  byte_tokens = experiment.data.tokenizer == 'byte'
+  out = metrics_from_sums(add_sums(list(sums.values())), experiment.task, byte_tokens)
+  if len(by_source) > 1:  # a mixture: each dataset's too
     for name, totals in sums.items():
       out.update({f'{key}/{name}': value for key, value in
                   metrics_from_sums(totals, experiment.task, byte_tokens).items()})
-    return out
-  totals = _held_out_sums(eval_fn, experiment, tokenizer, num_batches, template)
-  if totals is None:
-    return {}
-  return metrics_from_sums(totals, experiment.task,
-                           byte_tokens=experiment.data.tokenizer == 'byte')
+  return out
 
 
 def _held_out_sums(eval_fn: Callable[[dict], dict], experiment: Experiment, tokenizer,
