@@ -362,3 +362,124 @@ def plot_loss_curves(curves: Sequence, path: str, *, xlabel: str = 'step',
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
+
+
+# --- the joint scaling law and the studies of configs/sweeps -----------------------------------
+
+def plot_loss_surface(law, n, tokens, loss, path: str, *, metric: str, predicted=()):
+  """Left: iso-loss contours of a fitted L(N, D) over N and D with the points coloured by their
+  loss on the same scale, and the compute-optimal path; right: predicted against observed loss.
+  `predicted`: (N, D, prediction) triples marked with their 95% prediction intervals."""
+  plt = _pyplot()
+  from matplotlib import colors as mcolors
+  fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), dpi=120)
+  marks_n = [m[0] for m in predicted]
+  marks_d = [m[1] for m in predicted]
+  log_n = np.linspace(np.log10(min([*n, *marks_n]) / 2), np.log10(max([*n, *marks_n]) * 2), 120)
+  log_d = np.linspace(np.log10(min([*tokens, *marks_d]) / 2),
+                      np.log10(max([*tokens, *marks_d]) * 2), 120)
+  grid_n, grid_d = np.meshgrid(10 ** log_n, 10 ** log_d)
+  surface = law(grid_n, grid_d)
+  norm = mcolors.LogNorm(vmin=min(loss.min(), np.percentile(surface, 1)),
+                         vmax=max(loss.max(), np.percentile(surface, 60)))
+  contours = left.contour(grid_n, grid_d, surface, levels=np.geomspace(norm.vmin, norm.vmax, 12),
+                          cmap='viridis_r', norm=norm, linewidths=1)
+  left.clabel(contours, fmt='%.3g', fontsize=7)
+  points = left.scatter(n, tokens, c=loss, cmap='viridis_r', norm=norm, edgecolors='k', s=30,
+                        zorder=3, label='runs (colour: observed loss)')
+  compute = np.geomspace(6 * grid_n.min() * grid_d.min(), 6 * grid_n.max() * grid_d.max(), 50)
+  n_opt, d_opt = law.optimal(compute)
+  left.plot(n_opt, d_opt, '--', color='C3', label=f'compute-optimal: N_opt ~ C^{law.a:.2f}')
+  if predicted:
+    left.plot(marks_n, marks_d, '*', color='C1', markersize=14, markeredgecolor='k',
+              label='predicted', zorder=4)
+  left.set_xlim(grid_n.min(), grid_n.max())
+  left.set_ylim(grid_d.min(), grid_d.max())
+  left.set_xscale('log')
+  left.set_yscale('log')
+  left.set_xlabel('non-embedding parameters N')
+  left.set_ylabel('training tokens D')
+  left.set_title(law.formula(), fontsize=9)
+  bar = fig.colorbar(points, ax=left, label=metric)
+  _plain_log_ticks(bar.ax.yaxis)
+  left.legend(fontsize=7, loc='best')
+  fitted = law(n, tokens)
+  right.plot(fitted, loss, 'o', color='C0', markersize=5, label='runs')
+  low, high = min(loss.min(), fitted.min()), max(loss.max(), fitted.max())
+  for i, (_, _, value) in enumerate(predicted):
+    low, high = min(low, value.prediction[0]), max(high, value.prediction[1])
+    right.errorbar([value.loss], [value.loss], yerr=[[value.loss - value.prediction[0]],
+                                                     [value.prediction[1] - value.loss]],
+                   fmt='*', color='C1', markersize=12, markeredgecolor='k', capsize=4,
+                   label='' if i else 'prediction (95% prediction interval)')
+  right.plot([low, high], [low, high], '-', color='0.5', label='predicted = observed')
+  right.set_xlabel(f'fitted {metric}')
+  right.set_ylabel(f'observed {metric}')
+  right.set_title(f'{len(loss)} runs: rms scatter {law.residual_rms:.2g} in ln L', fontsize=9)
+  _save(fig, right, path)
+
+
+def _mean_by(keys, values) -> tuple[list, np.ndarray, np.ndarray]:
+  """Sorted distinct keys with the mean and the spread (max - min) of their values."""
+  groups = {}
+  for key, value in zip(keys, values):
+    groups.setdefault(key, []).append(value)
+  ordered = sorted(groups)
+  return (ordered, np.array([np.mean(groups[k]) for k in ordered]),
+          np.array([np.ptp(groups[k]) for k in ordered]))
+
+
+def plot_lr_transfer(values, loss, path: str, *, metric: str):
+  """Loss against the peak learning rate, one curve per width (mean over the other fields, e.g.
+  seeds, with each run as a dot), one panel per parametrization; each curve's minimum starred."""
+  plt = _pyplot()
+  panels = sorted({v.get('model.parametrization', '') for v in values})
+  fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), dpi=120,
+                           sharey=True, squeeze=False)
+  widths = sorted({v['model.d_model'] for v in values})
+  colors = plt.get_cmap('viridis')(np.linspace(0, 0.85, len(widths)))
+  finite = np.isfinite(loss)
+  top = np.percentile(loss[finite], 90) if finite.any() else 1.0
+  for ax, panel in zip(axes[0], panels):
+    for width, color in zip(widths, colors):
+      chosen = [i for i, v in enumerate(values) if v['model.d_model'] == width and
+                v.get('model.parametrization', '') == panel and np.isfinite(loss[i])]
+      if not chosen:
+        continue
+      rates, mean, _ = _mean_by([values[i]['opt.lr'] for i in chosen], loss[chosen])
+      ax.plot([values[i]['opt.lr'] for i in chosen], loss[chosen], '.', color=color, alpha=0.5)
+      ax.plot(rates, mean, 'o-', color=color, label=f'd_model {width}')
+      best = int(np.argmin(mean))
+      ax.plot([rates[best]], [mean[best]], '*', color=color, markersize=14, markeredgecolor='k')
+    ax.set_xscale('log', base=2)
+    ax.set_xlabel('peak learning rate opt.lr')
+    ax.set_title({'sp': 'standard parametrization (SP)', 'mup': 'muP'}.get(panel, panel or 'runs'))
+    ax.set_ylim(top=top + 0.1 * (top - loss[finite].min()) if finite.any() else None)
+    ax.grid(alpha=0.3, which='both')
+    ax.legend(fontsize=8, title='width (star: best rate)', title_fontsize=8)
+  axes[0][0].set_ylabel(metric)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def plot_aspect_ratio(values, loss, n, path: str, *, metric: str):
+  """Loss against the aspect ratio d_model / num_layers at about one parameter count (Kaplan et
+  al. 2020, figure 5), each point labelled with its shape."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+  ratio = np.array([v['model.d_model'] / v['model.num_layers'] for v in values], float)
+  order = np.argsort(ratio)
+  ax.plot(ratio[order], loss[order], 'o-', color='C0')
+  for i in order:
+    ax.annotate(f'{values[i]["model.num_layers"]}x{values[i]["model.d_model"]}',
+                (ratio[i], loss[i]), textcoords='offset points', xytext=(4, 6), fontsize=7)
+  ax.set_xscale('log', base=2)
+  ax.set_xlabel('aspect ratio d_model / num_layers (label: layers x d_model)')
+  ax.set_ylabel(metric)
+  ax.set_title(f'Shape at about {np.median(n):,.0f} non-embedding parameters '
+               f'({n.min():,.0f} to {n.max():,.0f})', fontsize=10)
+  ax.grid(alpha=0.3, which='both')
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)

@@ -22,11 +22,13 @@ import dataclasses
 import json
 import math
 import os
+import re
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from transformer import files, plots as figures
+from transformer.analysis import parametric
 from transformer.errors import first_line
 from transformer.model.counting import format_count
 
@@ -50,9 +52,37 @@ class PowerLaw:
   points: int  # points fitted
   resamples: int  # bootstrap resamples that fitted
   irreducible: bool  # whether E was fitted
+  samples: np.ndarray = dataclasses.field(default_factory=lambda: np.empty((0, 3)), repr=False,
+                                          compare=False)  # (resamples, 3): E, A, alpha
+  residuals: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(1), repr=False,
+                                            compare=False)  # ln L - ln L_fit
 
   def __call__(self, x):
     return self.E + self.A * np.asarray(x, float) ** -self.alpha
+
+  @property
+  def identified(self) -> str:
+    """'' when the exponent's interval lies above 0, else why the law is not identified."""
+    low, high = self.alpha_ci
+    if not (math.isfinite(low) and math.isfinite(high)):
+      return 'no bootstrap interval'
+    if low <= 0:
+      return f'the exponent\'s 95% interval [{low:.3g}, {high:.3g}] reaches 0 or below'
+    if self.irreducible and self.alpha_ci[0] < 1e-3:
+      return 'the exponent collapses to 0'
+    return ''
+
+  def predict(self, x: float, seed: int = 0) -> tuple[float, Interval, Interval]:
+    """L(x) with its 95% confidence and prediction intervals (the bootstrap fits; the same
+    times the exponential of a residual drawn at random)."""
+    value = float(self(x))
+    if not len(self.samples):
+      return value, (math.nan, math.nan), (math.nan, math.nan)
+    E, A, alpha = self.samples.T
+    curve = E + A * float(x) ** -alpha
+    scatter = curve * np.exp(np.random.default_rng(seed).choice(self.residuals, len(curve)))
+    interval = lambda v: tuple(float(q) for q in np.percentile(v, [2.5, 97.5]))
+    return value, interval(curve), interval(scatter)
 
   def formula(self, x: str = 'N', y: str = 'L') -> str:
     floor = f'{self.E:.3g} + ' if self.irreducible else ''
@@ -97,7 +127,10 @@ def fit_power_law(x, y, *, irreducible: bool = True, bootstrap: int = 1000,
 
   samples = _bootstrap(refit, [np.arange(len(x))], bootstrap, seed)
   (E_ci, A_ci, alpha_ci) = _intervals(samples, 3)
-  return PowerLaw(*best, E_ci, A_ci, alpha_ci, len(x), len(samples), irreducible)
+  E, A, alpha = best
+  residuals = np.log(y) - np.log(E + A * x ** -alpha)
+  return PowerLaw(E, A, alpha, E_ci, A_ci, alpha_ci, len(x), len(samples), irreducible,
+                  samples.reshape(-1, 3), residuals)
 
 
 def _fit_pure(x, y, start=None):
@@ -312,6 +345,7 @@ class Results:
   statuses: dict[str, int]  # points per status, all rows
   values: tuple[dict[str, Any], ...]  # each used point's config columns (swept and derived)
   n: np.ndarray  # non-embedding parameters
+  tokens: np.ndarray  # training tokens D (nan where missing)
   compute: np.ndarray  # total training FLOPs
   loss: np.ndarray
   per_token: np.ndarray  # FLOPs per token (nan where missing)
@@ -353,9 +387,109 @@ def read_results(directory: str, metric: str = DEFAULT_METRIC) -> Results:
   return Results(
       path=path, metric=metric, swept=tuple(swept), statuses=statuses,
       values=tuple({f: _cell(row[f]) for f in configured if row[f] != ''} for row, _ in used),
-      n=column('params_non_embedding'), compute=column('total_flops'),
+      n=column('params_non_embedding'), tokens=column('tokens'), compute=column('total_flops'),
       loss=np.array([loss for _, loss in used], float),
       per_token=column('flops_per_token'), budget=column(BUDGET), notes=tuple(notes))
+
+
+def read_table(path: str, n_column: str, loss_column: str, d_column: str = '',
+               c_column: str = '') -> Results:
+  """The rows of any CSV file with columns for N, the loss and D or C (e.g. published data):
+  D = C / 6N where only C is given, C = 6ND where only D is. Rows whose values are not positive
+  numbers are left out, with a note."""
+  if not (d_column or c_column):
+    raise ResultsError('--csv needs --d_column (training tokens) or --c_column (training FLOPs, '
+                       'D = C / 6N)')
+  try:
+    with open(path, newline='', encoding='utf-8') as f:
+      reader = csv.DictReader(f, restval='')
+      rows, header = list(reader), reader.fieldnames or []
+  except OSError as e:
+    raise ResultsError(f'--csv={path}: {first_line(e, 200)}') from None
+  except (UnicodeDecodeError, csv.Error) as e:
+    raise ResultsError(f'--csv={path} is not a CSV file in UTF-8 ({first_line(e, 200)})') from None
+  wanted = {'--n_column': n_column, '--loss_column': loss_column, '--d_column': d_column,
+            '--c_column': c_column}
+  for flag, name in wanted.items():
+    if name and name not in header:
+      raise ResultsError(f'{flag}={name!r} is not a column of {path}; its columns: '
+                         f'{", ".join(header) or "none (empty file)"}')
+  number = lambda row, name: _float(row[name]) if name else math.nan
+  table = np.array([[number(row, name) for name in (n_column, d_column, c_column, loss_column)]
+                    for row in rows], float).reshape(-1, 4)
+  n, d, c, loss = table.T
+  d = np.where(np.isfinite(d), d, c / (6 * n)) if d_column else c / (6 * n)
+  c = c if c_column else 6 * n * d
+  keep = np.all(np.isfinite(np.stack([n, d, c, loss])) & (np.stack([n, d, c, loss]) > 0), axis=0)
+  notes = [] if keep.all() else [f'{int((~keep).sum())} row(s) without positive numbers for N, D '
+                                 'or C and the loss were left out']
+  return Results(path=path, metric=loss_column, swept=(), statuses={'rows': len(rows)},
+                 values=tuple({} for _ in range(int(keep.sum()))), n=n[keep], tokens=d[keep],
+                 compute=c[keep], loss=loss[keep], per_token=np.full(int(keep.sum()), np.nan),
+                 budget=np.full(int(keep.sum()), np.nan), notes=tuple(notes))
+
+
+ARRAYS = ('n', 'tokens', 'compute', 'loss', 'per_token', 'budget')
+ALIASES = {'N': 'n', 'params_non_embedding': 'n', 'D': 'tokens', 'tokens': 'tokens',
+           'C': 'compute', 'total_flops': 'compute', 'loss': 'loss'}
+
+
+def combine(tables: Sequence[Results]) -> Results:
+  """The points of several sweeps (or tables) as one set of results."""
+  if len(tables) == 1:
+    return tables[0]
+  statuses = collections.Counter()
+  for table in tables:
+    statuses.update(table.statuses)
+  return dataclasses.replace(
+      tables[0], path=', '.join(t.path for t in tables),
+      swept=tuple(dict.fromkeys(f for t in tables for f in t.swept)), statuses=dict(statuses),
+      values=tuple(v for t in tables for v in t.values),
+      notes=tuple(note for t in tables for note in t.notes),
+      **{name: np.concatenate([getattr(t, name) for t in tables]) for name in ARRAYS})
+
+
+def _subset(results: Results, keep: np.ndarray, note: str) -> Results:
+  return dataclasses.replace(
+      results, values=tuple(v for v, k in zip(results.values, keep) if k),
+      notes=results.notes + (note,), **{name: getattr(results, name)[keep] for name in ARRAYS})
+
+
+CONDITION = re.compile(r'^\s*([\w.]+)\s*(<=|>=|==|!=|<|>)\s*(\S+)\s*$')
+OPERATORS = {'<': np.less, '<=': np.less_equal, '>': np.greater, '>=': np.greater_equal,
+             '==': np.equal, '!=': np.not_equal}
+
+
+def select(results: Results, conditions: Sequence[str]) -> Results:
+  """The points meeting every condition FIELD OP NUMBER (OP one of < <= > >= == !=; FIELD N, D,
+  C, loss, a result column or a config field of the sweep)."""
+  for text in conditions:
+    match = CONDITION.match(text)
+    value = _float(match.group(3)) if match else math.nan
+    if not match or math.isnan(value):
+      raise ResultsError(f'--where={text!r} is not FIELD OP NUMBER (e.g. '
+                         "'params_non_embedding<400000' or 'D>=1e6'; OP: < <= > >= == !=)")
+    field, op = match.group(1), match.group(2)
+    if field in ALIASES or field == results.metric:
+      column = getattr(results, ALIASES.get(field, 'loss'))
+    elif any(field in v for v in results.values):
+      column = np.array([_float(str(v.get(field, ''))) for v in results.values], float)
+    else:
+      raise ResultsError(f'--where={text!r}: {field!r} is not a field of the results; use N, D, '
+                         'C, loss or a swept field')
+    results = _subset(results, OPERATORS[op](column, value), f'points with {text}: '
+                      f'{int(OPERATORS[op](column, value).sum())} of {len(column)}')
+  return results
+
+
+def drop_highest(results: Results, count: int) -> Results:
+  """Without the `count` points of highest loss (Besiroglu et al. 2024 drop the 5 highest of
+  the Chinchilla data as outliers)."""
+  if count <= 0:
+    return results
+  keep = np.ones(len(results.loss), bool)
+  keep[np.argsort(-results.loss, kind='stable')[:count]] = False
+  return _subset(results, keep, f'the {count} point(s) of highest loss were left out')
 
 
 def _check_columns(path: str, header: list[str], rows: list[dict], metric: str):
@@ -428,12 +562,18 @@ def _cell(text: str) -> Any:
 # The analysis of a sweep: fits, report, plots
 
 KAPLAN = dict(alpha_N=0.076, alpha_C=0.050)  # Kaplan et al. 2020 (N: non-embedding parameters)
+# L(N, D) of Hoffmann et al. 2022 (eq. 10) and of its replication (Besiroglu et al. 2024, on data
+# read from the paper's figure 4, without the 5 points of highest loss).
+CHINCHILLA = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+REPLICATION = dict(E=1.82, A=482.0, B=2085.4, alpha=0.348, beta=0.366)
 HOFFMANN = dict(a=0.50, b=0.50)  # Hoffmann et al. 2022: N_opt ~ C^a, D_opt ~ C^b
 HEATMAPS = (('model.num_heads', 'model.num_layers'), ('model.num_layers', 'model.d_model'))
 
 
-def analyze(results: Results, bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
-  """Every fit the results allow: L(N), L(C), IsoFLOP, loss grids; skipped fits say why."""
+def analyze(results: Results, bootstrap: int = 1000, seed: int = 0,
+            starts: int = 100) -> dict[str, Any]:
+  """Every fit the results allow: L(N), L(C), IsoFLOP, L(N, D), loss grids; skipped fits say
+  why."""
   sizes = np.unique(results.n)
   lowest = np.array([results.loss[results.n == size].min() for size in sizes])
   frontier = compute_frontier(results.compute, results.loss)
@@ -448,7 +588,62 @@ def analyze(results: Results, bootstrap: int = 1000, seed: int = 0) -> dict[str,
       params=dict(x=sizes, loss=lowest, **_law_fits(sizes, lowest, bootstrap, seed)),
       compute=dict(frontier=frontier, **_law_fits(results.compute[frontier],
                                                   results.loss[frontier], bootstrap, seed)),
-      isoflop=isoflop, grids=[grid for grid in grids if grid is not None])
+      isoflop=isoflop, joint=_joint_fit(results, bootstrap, seed, starts),
+      grids=[grid for grid in grids if grid is not None])
+
+
+def _joint_fit(results: Results, bootstrap: int, seed: int, starts: int) -> dict:
+  """L(N, D) over every point with a token count, or why it was skipped."""
+  known = np.isfinite(results.tokens) & (results.tokens > 0)
+  n, d, loss = results.n[known], results.tokens[known], results.loss[known]
+  why = parametric.check_points(n, d, loss)
+  if why:
+    return dict(fit=None, skipped=why)
+  try:
+    return dict(fit=parametric.fit_joint(n, d, loss, bootstrap=bootstrap, seed=seed,
+                                         starts=starts), skipped='')
+  except ValueError as e:
+    return dict(fit=None, skipped=str(e))
+
+
+def predictions(analysis: dict, queries: Sequence[dict[str, float]], seed: int = 0) -> list[dict]:
+  """For each query (N and D, N and C with D = C / 6N, or C alone: the compute-optimal N and D
+  of the joint law), the loss predicted by L(N, D) and by the pure L(N), with 95% confidence and
+  prediction intervals; a law that was not fitted is left out."""
+  joint = analysis['joint']['fit']
+  pure = analysis['params']['fits'].get('pure')
+  rows = []
+  for query in queries:
+    n, d = query.get('N'), query.get('D')
+    if d is None and query.get('C') is not None:
+      if n is None:
+        if joint is None:
+          raise ResultsError('--predict C=... alone needs the joint fit L(N, D) (see the notes)')
+        n, d = (float(v) for v in joint.optimal(query['C']))
+      else:
+        d = query['C'] / (6 * n)
+    row = dict(N=n, D=d)
+    if joint is not None and n is not None and d is not None:
+      row['joint'] = joint.predict(n, d, seed)
+    if pure is not None and n is not None:
+      row['params'] = pure.predict(n, seed)
+    rows.append(row)
+  return rows
+
+
+def parse_prediction(text: str) -> dict[str, float]:
+  """'N=3.5e6,D=1e6' (or N and C, or C) as {'N': 3.5e6, 'D': 1e6}."""
+  query = {}
+  for part in text.split(','):
+    key, _, value = part.partition('=')
+    key = key.strip().upper()
+    if key not in ('N', 'D', 'C') or not _float(value) > 0:
+      raise ResultsError(f'--predict={text!r}: expected N=..., D=... (or N and C, or C alone) '
+                         'with positive numbers, e.g. N=3.5e6,D=1e6')
+    query[key] = _float(value)
+  if 'N' not in query and 'C' not in query:
+    raise ResultsError(f'--predict={text!r} names neither N nor C')
+  return query
 
 
 def _law_fits(x, loss, bootstrap: int, seed: int) -> dict[str, dict]:
@@ -528,8 +723,11 @@ def _law_lines(fits: dict[str, PowerLaw], x: str, bootstrap: int) -> list[str]:
     values += [('A', fit.A, fit.A_ci), ('alpha', fit.alpha, fit.alpha_ci)]
     shown = ', '.join(f'{name} = {_interval(value, ci)}' for name, value, ci in values)
     form = 'with irreducible loss' if fit.irreducible else 'pure power law'
+    caveat = f' **Not identified**: {fit.identified}.' if fit.identified else ''
+    if fit.irreducible and not caveat and fit.E < 1e-3 * fit.A:
+      caveat = ' E collapses to 0: the points show no irreducible loss (the pure law applies).'
     lines.append(f'- {form} `{fit.formula(x)}`: {shown} ({fit.points} points; '
-                 f'{fit.resamples} of {bootstrap} resamples fitted)')
+                 f'{fit.resamples} of {bootstrap} resamples fitted).{caveat}')
   return lines or ['- no fit (see the notes)']
 
 
@@ -563,7 +761,61 @@ def _isoflop_lines(isoflop: IsoFlopFit | None, bootstrap: int) -> list[str]:
   return lines + ['']
 
 
-def report(results: Results, analysis: dict, plots: list[tuple[str, str]], bootstrap: int) -> str:
+def _joint_lines(joint: dict, bootstrap: int) -> list[str]:
+  """The L(N, D) section of the report."""
+  lines = ['## Loss against parameters and tokens, L(N, D) (Hoffmann et al. 2022, approach 3)', '']
+  law = joint['fit']
+  if law is None:
+    return lines + [f'Not fitted: {joint["skipped"]}.', '']
+  ci = law.intervals
+  values = ', '.join(f'{name} = {_interval(getattr(law, name), ci[name])}'
+                     for name in ('E', 'A', 'B', 'alpha', 'beta'))
+  lines += [
+      f'Fitted to all {law.points} points (N non-embedding parameters, D training tokens): '
+      f'Huber loss (delta {parametric.HUBER_DELTA:g}) of ln L, L-BFGS from {law.starts} starts '
+      f'of Hoffmann et al.\'s grid; {law.resamples} of {bootstrap} resamples fitted.', '',
+      f'- `{law.formula()}`: {values}',
+      f'- scatter about the fit: {law.residual_rms:.3g} rms in ln L '
+      f'({100 * (math.exp(law.residual_rms) - 1):.2g}% of the loss)',
+      f'- compute-optimal allocation at C = 6ND: N_opt ~ C^a with a = beta / (alpha + beta) = '
+      f'{_interval(law.a, ci["a"])}; D_opt ~ C^b with b = {_interval(law.b, ci["b"])}; '
+      f'N_opt = G (C/6)^a, D_opt = (C/6)^b / G with G = {_interval(law.G, ci["G"])}',
+      '- Hoffmann et al. (2022): ' + _law_reference(CHINCHILLA) + '; the replication '
+      '(Besiroglu et al. 2024): ' + _law_reference(REPLICATION)]
+  if law.E < 1e-3 or not ci['E'][0] >= 0.1 * law.E:
+    lines.append('- E (the irreducible loss) is not identified: it falls to ~0 within the '
+                 'interval, so the data do not show where the loss levels off')
+  return lines + ['']
+
+
+def _law_reference(values: dict) -> str:
+  return ', '.join(f'{name} = {values[name]:g}' for name in ('E', 'A', 'B', 'alpha', 'beta'))
+
+
+def prediction_lines(rows: list[dict]) -> list[str]:
+  """A table of predictions: N, D, then each law's loss with its 95% intervals."""
+  lines = ['## Predictions', '', 'Each with its 95% confidence interval (where the fitted law '
+           'can be) and 95% prediction interval (where a run\'s loss can be: also the scatter '
+           'of the points about the fit).', '',
+           '| N | D | law | loss | confidence | prediction |',
+           '| --- | --- | --- | --- | --- | --- |']
+  for row in rows:
+    n = format_count(row['N']) if row['N'] is not None else '-'
+    d = format_count(row['D']) if row['D'] is not None else '-'
+    found = [(name, row[key]) for key, name in (('joint', 'L(N, D)'), ('params', 'L(N)'))
+             if key in row]
+    for name, value in found:
+      loss, low, high = (value.loss, value.confidence, value.prediction) if name == 'L(N, D)' \
+          else value
+      lines.append(f'| {n} | {d} | {name} | {loss:.4g} | [{low[0]:.4g}, {low[1]:.4g}] | '
+                   f'[{high[0]:.4g}, {high[1]:.4g}] |')
+    if not found:
+      lines.append(f'| {n} | {d} | no fitted law | - | - | - |')
+  return lines + ['']
+
+
+def report(results: Results, analysis: dict, plots: list[tuple[str, str]], bootstrap: int,
+           predicted: list[dict] = ()) -> str:
   """report.md: the points, each fit with its 95% intervals and references, plots, notes."""
   statuses = ', '.join(f'{count} {status}' for status, count in sorted(results.statuses.items()))
   metric = f'`{results.metric}`' + (f' (`{FALLBACK_METRIC}` where a point has none)'
@@ -588,12 +840,15 @@ def report(results: Results, analysis: dict, plots: list[tuple[str, str]], boots
       *_law_lines(analysis['compute']['fits'], 'C', bootstrap),
       f'- Kaplan et al. (2020): alpha_C ~ {KAPLAN["alpha_C"]:.3f} (compute-efficient frontier)', '',
       *_isoflop_lines(analysis['isoflop'], bootstrap),
+      *_joint_lines(analysis['joint'], bootstrap),
+      *(prediction_lines(predicted) if predicted else []),
       '## Plots', '', *([f'- `{name}`: {what}' for name, what in plots] or ['- none']), '',
       '## Notes', '', *([f'- {line}' for line in notes(results, analysis)] or ['- none'])]
   return '\n'.join(lines) + '\n'
 
 
-def fits_json(results: Results, analysis: dict, plots: list[tuple[str, str]]) -> dict:
+def fits_json(results: Results, analysis: dict, plots: list[tuple[str, str]],
+              predicted: Sequence[dict] = ()) -> dict:
   """fits.json: the numbers of the report."""
   def laws(section, x):
     return dict({name: dict(_jsonable(fit), formula=fit.formula(x))
@@ -610,15 +865,26 @@ def fits_json(results: Results, analysis: dict, plots: list[tuple[str, str]]) ->
                           **laws(analysis['params'], 'N')),
       loss_vs_compute=dict(frontier_points=int(analysis['compute']['frontier'].sum()),
                            **laws(analysis['compute'], 'C')),
-      isoflop=isoflop, heatmaps=analysis['grids'],
-      references=dict(kaplan_2020=KAPLAN, hoffmann_2022=HOFFMANN),
+      isoflop=isoflop, loss_vs_params_and_tokens=_joint_json(analysis['joint']),
+      predictions=[_jsonable(row) for row in predicted], heatmaps=analysis['grids'],
+      references=dict(kaplan_2020=KAPLAN, hoffmann_2022=dict(HOFFMANN, **CHINCHILLA),
+                      besiroglu_2024=REPLICATION),
       plots=[name for name, _ in plots], notes=notes(results, analysis)))
+
+
+def _joint_json(joint: dict) -> dict:
+  law = joint['fit']
+  if law is None:
+    return dict(skipped=joint['skipped'])
+  return dict(_jsonable(law), a=law.a, b=law.b, G=law.G, formula=law.formula(),
+              huber_delta=parametric.HUBER_DELTA)
 
 
 def _jsonable(value):
   """Dataclasses, numpy values and tuples as JSON values; nan and inf as null."""
-  if dataclasses.is_dataclass(value):
-    return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+  if dataclasses.is_dataclass(value):  # bootstrap samples and residuals (repr=False) left out
+    return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)
+            if f.repr}
   if isinstance(value, dict):
     return {str(k): _jsonable(v) for k, v in value.items()}
   if isinstance(value, (list, tuple, np.ndarray)):
@@ -637,7 +903,8 @@ def _law_curves(fits: dict[str, PowerLaw], x: str) -> list[tuple[str, Callable]]
           for fit in fits.values()]
 
 
-def write_plots(results: Results, analysis: dict, out: str) -> list[tuple[str, str]]:
+def write_plots(results: Results, analysis: dict, out: str,
+                predicted: Sequence[dict] = ()) -> list[tuple[str, str]]:
   """The plots the data allow, as PNGs in `out`; returns (file name, description) pairs."""
   plots = []
   if not len(results.loss):
@@ -658,8 +925,35 @@ def write_plots(results: Results, analysis: dict, out: str) -> list[tuple[str, s
   plots.append(('loss_vs_compute.png', 'loss against compute, with L(C) on the frontier'))
   if isoflop is not None:
     plots += _isoflop_plots(isoflop, results.metric, out)
+  law = analysis['joint']['fit']
+  if law is not None:
+    known = np.isfinite(results.tokens)
+    marked = [(row['N'], row['D'], row['joint']) for row in predicted if 'joint' in row]
+    figures.plot_loss_surface(law, results.n[known], results.tokens[known],
+                              results.loss[known], os.path.join(out, 'loss_surface.png'),
+                              metric=results.metric, predicted=marked)
+    plots.append(('loss_surface.png', 'L(N, D): iso-loss contours with the points, and '
+                  'predicted against observed loss'))
+  plots += _study_plots(results, out)
   for grid in analysis['grids']:
     plots.append(_heatmap(grid, results.metric, out))
+  return plots
+
+
+def _study_plots(results: Results, out: str) -> list[tuple[str, str]]:
+  """A learning-rate sweep's loss against the rate per width (and parametrization); a depth
+  against width sweep's loss against the aspect ratio d_model / num_layers."""
+  plots = []
+  swept = set(results.swept)
+  if {'opt.lr', 'model.d_model'} <= swept:
+    figures.plot_lr_transfer(results.values, results.loss,
+                             os.path.join(out, 'lr_transfer.png'), metric=results.metric)
+    plots.append(('lr_transfer.png', 'loss against the learning rate, one curve per width '
+                  '(the mean over seeds), one panel per parametrization'))
+  elif {'model.num_layers', 'model.d_model'} <= swept and results.n.max() < 2 * results.n.min():
+    figures.plot_aspect_ratio(results.values, results.loss, results.n,
+                              os.path.join(out, 'aspect_ratio.png'), metric=results.metric)
+    plots.append(('aspect_ratio.png', 'loss against the aspect ratio d_model / num_layers'))
   return plots
 
 
@@ -700,7 +994,10 @@ def summary(results: Results, analysis: dict) -> list[str]:
   for key, name, reference in (('params', 'alpha_N', KAPLAN['alpha_N']),
                                ('compute', 'alpha_C', KAPLAN['alpha_C'])):
     fit = analysis[key]['fits'].get('pure')
-    if fit is not None:
+    if fit is not None and fit.identified:
+      lines.append(f'{name}: not identified ({fit.identified}; pure power law, {fit.points} '
+                   'points)')
+    elif fit is not None:
       lines.append(f'{name} = {_interval(fit.alpha, fit.alpha_ci)} (pure power law, '
                    f'{fit.points} points; Kaplan et al. 2020: {reference:.3f})')
     else:
@@ -712,19 +1009,50 @@ def summary(results: Results, analysis: dict) -> list[str]:
                  f'({isoflop.n_opt.points} budgets; Hoffmann et al. 2022: 0.50, 0.50)')
   elif isoflop is not None:
     lines.append('IsoFLOP: exponents skipped (see the report\'s notes)')
+  law = analysis['joint']['fit']
+  if law is not None:
+    lines.append(f'L(N, D) = E + A/N^alpha + B/D^beta: E = {_interval(law.E, law.intervals["E"])}'
+                 f', alpha = {_interval(law.alpha, law.intervals["alpha"])}, beta = '
+                 f'{_interval(law.beta, law.intervals["beta"])}; N_opt ~ C^'
+                 f'{_interval(law.a, law.intervals["a"])} ({law.points} points)')
+  else:
+    lines.append(f'L(N, D): skipped ({analysis["joint"]["skipped"]})')
   return lines
 
 
 def analyze_sweep(directory: str, metric: str = DEFAULT_METRIC, bootstrap: int = 1000,
                   seed: int = 0) -> tuple[str, list[str]]:
   """Fits and plots DIR/results.csv into DIR/scaling/; returns the report's path and a summary."""
-  results = read_results(directory, metric)
-  analysis = analyze(results, bootstrap, seed)
-  out = os.path.join(directory, 'scaling')
+  return write_analysis(read_results(directory, metric), os.path.join(directory, 'scaling'),
+                        bootstrap, seed)
+
+
+def write_analysis(results: Results, out: str, bootstrap: int = 1000, seed: int = 0,
+                   starts: int = 100, queries: Sequence[dict] = ()) -> tuple[str, list[str]]:
+  """Fits, plots and predictions of `results` written to `out` (report.md, fits.json, PNGs);
+  returns the report's path and a summary for the terminal."""
+  analysis = analyze(results, bootstrap, seed, starts)
+  predicted = predictions(analysis, queries, seed)
   os.makedirs(out, exist_ok=True)
-  plots = write_plots(results, analysis, out)
+  plots = write_plots(results, analysis, out, predicted)
   files.atomic_write(os.path.join(out, 'fits.json'),
-                     json.dumps(fits_json(results, analysis, plots), indent=2))
+                     json.dumps(fits_json(results, analysis, plots, predicted), indent=2))
   path = os.path.join(out, 'report.md')
-  files.atomic_write(path, report(results, analysis, plots, bootstrap))
-  return path, summary(results, analysis)
+  files.atomic_write(path, report(results, analysis, plots, bootstrap, predicted))
+  return path, summary(results, analysis) + prediction_summary(predicted)
+
+
+def prediction_summary(rows: Sequence[dict]) -> list[str]:
+  """One line per prediction and law, for the terminal."""
+  lines = []
+  for row in rows:
+    where = f'N = {format_count(row["N"])}' + (f', D = {format_count(row["D"])}'
+                                               if row['D'] is not None else '')
+    for key, name in (('joint', 'L(N, D)'), ('params', 'L(N)')):
+      if key in row:
+        value = row[key]
+        loss, (low, high) = ((value.loss, value.prediction) if key == 'joint'
+                             else (value[0], value[2]))
+        lines.append(f'predicted at {where}: {name} = {loss:.4g}, 95% prediction interval '
+                     f'[{low:.4g}, {high:.4g}]')
+  return lines
