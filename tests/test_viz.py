@@ -235,6 +235,20 @@ def test_loss_curves_pick_up_every_run_of_a_sweep(tmp_path):
     inspect.loss_curves([str(sweep / '.submitit')])
 
 
+def test_a_sweeps_curves_are_named_by_their_values_in_numeric_order(tmp_path):
+  points = [('d_model-128_lr-0.01_a1', 128, 0.01), ('d_model-32_lr-0.01_b2', 32, 0.01),
+            ('d_model-64_lr-0.001_c3', 64, 0.001), ('d_model-64_lr-0.0005_d4', 64, 0.0005)]
+  for name, _, _ in points:
+    write_run(tmp_path / name, [5.0, 4.0])
+  (tmp_path / 'sweep.json').write_text(json.dumps(dict(
+      fields=['model.d_model', 'opt.lr'],
+      points=[dict(id=name, overrides={'model.d_model': width, 'opt.lr': lr})
+              for name, width, lr in points])))
+  names = [curve.name for curve in inspect.loss_curves([str(tmp_path)])]
+  assert names == ['d_model=32 lr=0.01', 'd_model=64 lr=0.0005', 'd_model=64 lr=0.001',
+                   'd_model=128 lr=0.01']
+
+
 # --- the command ---------------------------------------------------------------------------------
 
 

@@ -21,22 +21,41 @@ def series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
   return np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
 
 
-def plot_loss_curve(records: list[dict], path: str, title: str = ''):
-  """Training loss (and evaluation loss, where recorded) against step, as a PNG."""
+def plot_loss_curve(records: list[dict], path: str, title: str = '', *,
+                    bytes_tokenizer: bool = False, log: bool = False):
+  """Training loss (a line) and evaluation loss (markers, another colour) against step, as a PNG;
+  with a byte tokenizer a second axis reads the loss in bits per byte; `log`: log axes."""
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-  for key, label, style in (('loss', 'train loss', '-'), ('eval_loss', 'eval loss', 'o-')):
-    steps, values = series(records, key)
-    if len(steps):
-      ax.plot(steps, values, style, label=label, markersize=4)
+  steps, values = series(records, 'loss')
+  if len(steps):
+    ax.plot(steps, values, '-', color='C0', label='train loss', linewidth=1.2)
+  steps, values = series(records, 'eval_loss')
+  if len(steps):
+    ax.plot(steps, values, 's--', color='C3', label='eval loss (held out)', markersize=5,
+            linewidth=0.8)
+  if log:
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    _plain_log_ticks(ax.yaxis)
   ax.set_xlabel('step')
   ax.set_ylabel('loss (nats per token)')
+  if bytes_tokenizer:
+    _bits_per_byte_axis(ax)
   ax.set_title(title)
-  ax.grid(alpha=0.3)
+  ax.grid(alpha=0.3, which='both')
   ax.legend()
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
+
+
+def _bits_per_byte_axis(ax):
+  """A right-hand axis with the loss in bits per byte (a byte tokenizer's token is one byte)."""
+  axis = ax.secondary_yaxis('right', functions=(lambda nats: nats / math.log(2),
+                                                lambda bits: bits * math.log(2)))
+  axis.set_ylabel('bits per byte')
+  return axis
 
 
 def _pyplot():
@@ -62,6 +81,26 @@ def _plain_log_ticks(axis):
   axis.set_minor_formatter(ticker.FormatStrFormatter('%.3g'))
 
 
+def _short_number(value: float, _=None) -> str:
+  """1e+12 -> '1e12', 2e11 -> '2e11', 300 -> '300'."""
+  if value == 0 or 1e-3 <= abs(value) < 1e4:
+    return f'{value:g}'
+  mantissa, exponent = f'{value:.0e}'.split('e')
+  return f'{mantissa}e{int(exponent)}'
+
+
+def _readable_log_ticks(axis):
+  """A log axis (counts, FLOPs) labelled at 1, 2 and 5 times each power of ten (only at powers of
+  ten past three decades), short labels, no labelled minor ticks: no overlapping labels."""
+  from matplotlib import ticker
+  low, high = axis.axes.get_xlim() if axis.axis_name == 'x' else axis.axes.get_ylim()
+  decades = math.log10(max(high, 1e-300) / max(low, 1e-300)) if low > 0 else 10
+  subs = (1.0,) if decades > 3 else (1.0, 2.0, 5.0) if decades > 1 else (1.0, 2.0, 3.0, 5.0)
+  axis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
+  axis.set_major_formatter(ticker.FuncFormatter(_short_number))
+  axis.set_minor_formatter(ticker.NullFormatter())
+
+
 def plot_power_law(x, loss, curves, path: str, *, xlabel: str, ylabel: str, title: str,
                    others=None):
   """Loss against x on log-log axes: the fitted points, `others` (x, loss) in grey, and each
@@ -74,10 +113,12 @@ def plot_power_law(x, loss, curves, path: str, *, xlabel: str, ylabel: str, titl
   everything = np.concatenate([np.asarray(x, float)] + ([np.asarray(others[0], float)]
                                                           if others is not None else []))
   grid = np.geomspace(everything.min() / 1.5, everything.max() * 1.5, 200)
-  for (label, function), style in zip(curves, ('-', '--', ':')):
-    ax.plot(grid, function(grid), style, color='C3', label=label)
+  for (label, function), style, color in zip(curves, ('-', '--', ':'), ('C3', 'C2', 'C4')):
+    ax.plot(grid, function(grid), style, color=color, label=label,
+            linewidth=2.0 if style == '-' else 1.5)
   ax.set_xscale('log')
   ax.set_yscale('log')
+  _readable_log_ticks(ax.xaxis)
   _plain_log_ticks(ax.yaxis)
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
@@ -99,8 +140,10 @@ def plot_isoflop_curves(curves, path: str, *, ylabel: str, title: str):
     if curve.n_opt is not None:
       ax.plot([curve.n_opt], [np.polyval(curve.coefficients, math.log(curve.n_opt))], '*',
               color=color, markersize=12, markeredgecolor='k')
-  ax.plot([], [], '*', color='w', markeredgecolor='k', markersize=10, label='minimum: N_opt')
+  if any(curve.n_opt is not None for curve in curves):
+    ax.plot([], [], '*', color='w', markeredgecolor='k', markersize=10, label='minimum: N_opt')
   ax.set_xscale('log')
+  _readable_log_ticks(ax.xaxis)
   ax.set_xlabel('non-embedding parameters N')
   ax.set_ylabel(ylabel)
   ax.set_title(title)
@@ -120,6 +163,9 @@ def plot_compute_optimal(budget, n_opt, d_opt, laws, path: str, *, title: str):
       ax.plot(grid, law[1](grid), '-', color='C3', label=law[0])
     ax.set_xscale('log')
     ax.set_yscale('log')
+    ax.set_xlim(grid[0], grid[-1])
+    _readable_log_ticks(ax.xaxis)
+    _readable_log_ticks(ax.yaxis)
     ax.set_xlabel('compute C (training FLOPs)')
     ax.set_ylabel(name)
     ax.set_title(name.split(' ')[0] + '(C)')
@@ -337,7 +383,7 @@ def plot_activations(x_X: np.ndarray, curves: dict[str, tuple[np.ndarray, np.nda
 def plot_loss_curves(curves: Sequence, path: str, *, xlabel: str = 'step',
                      x: Callable = lambda curve, steps: steps, log: bool = False,
                      title: str = ''):
-  """Train loss (lines) and eval loss (dashed, with markers) of every run, one colour per run.
+  """Train loss (lines) and eval loss (square markers) of every run, one colour per run.
   `curves`: objects with name, step, loss, eval_step and eval_loss; `x(curve, steps)` gives the
   x values of a curve's steps (tokens, compute...); `log`: both axes logarithmic."""
   plt = _pyplot()
@@ -347,18 +393,28 @@ def plot_loss_curves(curves: Sequence, path: str, *, xlabel: str = 'step',
   for curve, color in zip(curves, colors):
     if len(curve.step):
       ax.plot(x(curve, curve.step), curve.loss, '-', color=color, label=curve.name)
-    if len(curve.eval_step):
-      ax.plot(x(curve, curve.eval_step), curve.eval_loss, 'o--', color=color,
-              markersize=3, label=f'{curve.name} (eval)')
+    if len(curve.eval_step):  # markers: held-out evaluations, labelled once below
+      ax.plot(x(curve, curve.eval_step), curve.eval_loss, 's', color=color, markersize=4,
+              markeredgecolor='k', markeredgewidth=0.5)
+  if any(len(curve.eval_step) for curve in curves):
+    ax.plot([], [], 's', color='w', markeredgecolor='k', label='eval loss (held out)')
   if log:
     ax.set_xscale('log')
     ax.set_yscale('log')
     _plain_log_ticks(ax.yaxis)
   ax.set_xlabel(xlabel)
   ax.set_ylabel('loss (nats per token)')
+  bits = bool(curves) and all(getattr(curve, 'byte_tokens', False) for curve in curves)
+  if bits:
+    _bits_per_byte_axis(ax)
   ax.set_title(title or ('loss' if len(curves) > 1 else f'loss: {curves[0].name}'))
   ax.grid(alpha=0.3, which='both')
-  ax.legend(fontsize=7, ncol=1 + len(curves) // 12, loc='upper right')
+  if len(curves) > 1:  # beside the axes, so that it covers no curve
+    ax.legend(fontsize=7, ncol=1 + len(curves) // 24, loc='upper left',
+              bbox_to_anchor=(1.12 if bits else 1.01, 1), borderaxespad=0)
+    fig.set_size_inches(8.5 + 2.5 * (1 + len(curves) // 24), 5)
+  else:
+    ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)

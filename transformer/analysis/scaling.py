@@ -663,8 +663,11 @@ def _law_fits(x, loss, bootstrap: int, seed: int) -> dict[str, dict]:
 
 
 def loss_grid(results: Results, row_field: str, column_field: str) -> dict | None:
-  """The lowest loss in each (row value, column value) cell when both fields vary, and the
-  swept fields that vary within a cell (those the minimum is taken over)."""
+  """The lowest loss in each (row value, column value) cell when both fields are swept and vary
+  over a grid at least half filled (not a zipped pair of axes), and the swept fields that vary
+  within a cell (those the minimum is taken over)."""
+  if row_field not in results.swept or column_field not in results.swept:
+    return None
   cells = collections.defaultdict(list)
   for values, loss in zip(results.values, results.loss):
     if row_field in values and column_field in values:
@@ -672,7 +675,7 @@ def loss_grid(results: Results, row_field: str, column_field: str) -> dict | Non
   order = lambda v: (isinstance(v, str), v)
   rows = sorted({r for r, _ in cells}, key=order)
   columns = sorted({c for _, c in cells}, key=order)
-  if len(rows) < 2 or len(columns) < 2:
+  if len(rows) < 2 or len(columns) < 2 or len(cells) < 0.5 * len(rows) * len(columns):
     return None
   grid = np.full((len(rows), len(columns)), np.nan)
   for (r, c), entries in cells.items():
@@ -899,8 +902,17 @@ def _jsonable(value):
 
 
 def _law_curves(fits: dict[str, PowerLaw], x: str) -> list[tuple[str, Callable]]:
-  return [(f'{fit.formula(x)}, alpha 95% CI [{fit.alpha_ci[0]:.3g}, {fit.alpha_ci[1]:.3g}]', fit)
-          for fit in fits.values()]
+  """(legend label, law) of each fit; the label says when a law is not identified or its
+  irreducible loss collapses to 0 (the curve then lies on the pure law's)."""
+  curves = []
+  for fit in fits.values():
+    label = f'{fit.formula(x)}, alpha 95% CI [{fit.alpha_ci[0]:.3g}, {fit.alpha_ci[1]:.3g}]'
+    if fit.identified:
+      label += f'\nnot identified: {fit.identified}'
+    elif fit.irreducible and fit.E < 1e-3 * fit.A:
+      label += '\nE collapses to 0: on the pure law'
+    curves.append((label, fit))
+  return curves
 
 
 def write_plots(results: Results, analysis: dict, out: str,

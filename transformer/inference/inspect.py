@@ -137,6 +137,7 @@ class LossCurve:
   eval_loss: np.ndarray
   tokens_per_step: int | None  # data.batch_size x data.seq_len, from config.json
   flops_per_token: float | None  # summary.json's, else counted from config.json
+  byte_tokens: bool = False  # a token is a byte (the loss reads in bits per byte too)
 
   def x(self, steps: np.ndarray, against: str) -> np.ndarray:
     """`steps` converted to the x axis `against` (a key of AGAINST)."""
@@ -174,24 +175,52 @@ def read_loss_curve(directory: str, name: str | None = None) -> LossCurve:
   records = files.read_jsonl(os.path.join(directory, 'metrics.jsonl'))
   summary = files.read_json(os.path.join(directory, 'summary.json')) or {}
   tokens_per_step = flops_per_token = None
+  byte_tokens = False
   if os.path.exists(os.path.join(directory, 'config.json')):
     experiment = runs.read_experiment(directory)
+    byte_tokens = experiment.data.tokenizer == 'byte' and experiment.task != 'classify'
     tokens_per_step = experiment.data.batch_size * experiment.data.seq_len
     flops_per_token = summary.get('flops_per_token') or counting.summarize(
         experiment.model, experiment.data.seq_len)['flops_per_token']
   step, loss = plots.series(records, 'loss')
   eval_step, eval_loss = plots.series(records, 'eval_loss')
   return LossCurve(name or os.path.basename(os.path.normpath(directory)), directory, step, loss,
-                   eval_step, eval_loss, tokens_per_step, flops_per_token)
+                   eval_step, eval_loss, tokens_per_step, flops_per_token, byte_tokens)
 
 
 def loss_curves(directories: Sequence[str]) -> list[LossCurve]:
-  """The curves of every run in `directories` (runs or sweeps), each named by its path below
-  the directory they all share (a lone run: by its own name)."""
+  """The curves of every run in `directories` (runs or sweeps). A sweep's point is named by its
+  swept values (short field names: 'd_model=256 lr=0.01') and the points are sorted by them,
+  numerically; another run by its path below the directory they all share (a lone run: by its
+  own name)."""
   runs = find_runs(directories)
   common = os.path.commonpath([os.path.abspath(r) for r in runs]) if len(runs) > 1 else None
-  return [read_loss_curve(r, os.path.relpath(os.path.abspath(r), common) if common else None)
-          for r in runs]
+  curves, keys = [], []
+  for run in runs:
+    label, key = _swept_values(run)
+    name = label or (os.path.relpath(os.path.abspath(run), common) if common else None)
+    curves.append(read_loss_curve(run, name))
+    keys.append(key)
+  parents = [os.path.dirname(os.path.abspath(run)) for run in runs]
+  group = {parent: parents.index(parent) for parent in parents}  # in the order given
+  order = sorted(range(len(runs)), key=lambda i: (group[parents[i]], keys[i]))
+  return [curves[i] for i in order]
+
+
+def _swept_values(run: str) -> tuple[str, tuple]:
+  """('field=value ...', sort key) of a sweep's point from its sweep.json; ('', ()) otherwise."""
+  sweep = files.read_json(os.path.join(os.path.dirname(os.path.abspath(run)), 'sweep.json'))
+  if not isinstance(sweep, dict):
+    return '', ()
+  point = next((p for p in sweep.get('points', ()) if isinstance(p, dict) and
+                p.get('id') == os.path.basename(os.path.normpath(run))), None)
+  fields = [f for f in sweep.get('fields', ()) if point and f in point.get('overrides', {})]
+  if not fields:
+    return '', ()
+  values = [point['overrides'][f] for f in fields]
+  label = ' '.join(f'{f.split(".")[-1]}={v:g}' if isinstance(v, float) else
+                   f'{f.split(".")[-1]}={v}' for f, v in zip(fields, values))
+  return label, tuple((isinstance(v, str), v) for v in values)
 
 
 # --- the subcommands of transformer.viz -----------------------------------------------------------

@@ -446,7 +446,8 @@ def finish(run: Run, state: Any, progress: Progress) -> dict[str, Any]:
   if _is_main():
     plots.plot_loss_curve(files.read_jsonl(progress.writer.path),
                           os.path.join(run.workdir, 'loss.png'),
-                          title=os.path.basename(os.path.abspath(run.workdir)))
+                          title=os.path.basename(os.path.abspath(run.workdir)),
+                          bytes_tokenizer='eval_bits_per_byte' in summary)
     if 'sample' in summary:
       files.atomic_write(os.path.join(run.workdir, 'sample.txt'), summary['sample'])
     files.write_json(run.summary_path, summary)
