@@ -445,7 +445,8 @@ def plot_loss_surface(law, n, tokens, loss, path: str, *, metric: str, predicted
                         zorder=3, label='runs (colour: observed loss)')
   compute = np.geomspace(6 * grid_n.min() * grid_d.min(), 6 * grid_n.max() * grid_d.max(), 50)
   n_opt, d_opt = law.optimal(compute)
-  left.plot(n_opt, d_opt, '--', color='C3', label=f'compute-optimal: N_opt ~ C^{law.a:.2f}')
+  left.plot(n_opt, d_opt, '--', color='C3',
+            label=f'compute-optimal at C = 6ND: N_opt ~ C^{law.a:.2f}')
   if predicted:
     left.plot(marks_n, marks_d, '*', color='C1', markersize=14, markeredgecolor='k',
               label='predicted', zorder=4)

@@ -7,11 +7,11 @@ compute budgets; each point trains for exactly its budget's FLOPs (steps derived
 The loss over log N at a fixed budget is roughly a parabola; its minimum is the compute-optimal
 size N_opt(C), and D_opt(C) = C / FLOPs per token. Hoffmann et al. find N_opt and D_opt both
 ~ C^0.5 (~20 tokens per parameter). Budgets 0.4, 0.8 and 1.6 TFLOP x 6 sizes (6.7k to 340k
-non-embedding parameters) and 3.2 TFLOP x the 4 smallest: 22 points, about 40 minutes on
-2 CPU cores. At these budgets the attention and output layers cost more FLOPs per token than
-the blocks' parameters (12LdT and 6Vd against 6N), so the optimum sits at very small N
-(experiments/scaling/README.md). `:gpu`: budgets 1e16 to 1e18 FLOPs with sizes from 1M to 100M
-parameters.
+non-embedding parameters) and 3.2 TFLOP x the 4 smallest: 22 points, about 35 minutes on
+2 idle CPU cores (58 measured while other jobs shared them). At these budgets the attention and
+output layers cost more FLOPs per token than the blocks' parameters (12LdT and 6Vd against 6N),
+so the optimum sits at very small N (experiments/scaling/README.md). `:gpu`: budgets 1e16 to
+1e18 FLOPs with sizes from 1M to 100M parameters.
 """
 
 from transformer.analysis import studies, sweeps

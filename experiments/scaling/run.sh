@@ -2,7 +2,7 @@
 # The scaling study: a model-size sweep (L(N), L(C)) and an IsoFLOP sweep (N_opt(C), D_opt(C)),
 # then their fits and plots. Relaunching skips finished points and resumes interrupted ones.
 #
-#   bash experiments/scaling/run.sh [cpu|gpu] [OUT]    # cpu: about 30 minutes on 2 cores
+#   bash experiments/scaling/run.sh [cpu|gpu] [OUT]    # cpu: about 50 minutes on 2 idle cores
 set -uo pipefail
 scale=${1:-cpu}
 out=${2:-runs/scaling-$scale}

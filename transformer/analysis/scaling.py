@@ -664,7 +664,7 @@ def _law_fits(x, loss, bootstrap: int, seed: int) -> dict[str, dict]:
 
 def loss_grid(results: Results, row_field: str, column_field: str) -> dict | None:
   """The lowest loss in each (row value, column value) cell when both fields are swept and vary
-  over a grid at least half filled (not a zipped pair of axes), and the swept fields that vary
+  over a grid more than half filled (not a zipped pair of axes), and the swept fields that vary
   within a cell (those the minimum is taken over)."""
   if row_field not in results.swept or column_field not in results.swept:
     return None
@@ -675,7 +675,7 @@ def loss_grid(results: Results, row_field: str, column_field: str) -> dict | Non
   order = lambda v: (isinstance(v, str), v)
   rows = sorted({r for r, _ in cells}, key=order)
   columns = sorted({c for _, c in cells}, key=order)
-  if len(rows) < 2 or len(columns) < 2 or len(cells) < 0.5 * len(rows) * len(columns):
+  if len(rows) < 2 or len(columns) < 2 or len(cells) <= 0.5 * len(rows) * len(columns):
     return None
   grid = np.full((len(rows), len(columns)), np.nan)
   for (r, c), entries in cells.items():
