@@ -488,36 +488,53 @@ def _mean_by(keys, values) -> tuple[list, np.ndarray, np.ndarray]:
 
 def plot_lr_transfer(values, loss, path: str, *, metric: str):
   """Loss against the peak learning rate, one curve per width (mean over the other fields, e.g.
-  seeds, with each run as a dot), one panel per parametrization; each curve's minimum starred."""
+  seeds, with each run as a dot), one panel per parametrization (SP first); each curve's minimum
+  starred. The loss axis is shared and cut above the 90th percentile (diverged runs)."""
   plt = _pyplot()
-  panels = sorted({v.get('model.parametrization', '') for v in values})
+  order = {'sp': 0, 'mup': 1}
+  panels = sorted({v.get('model.parametrization', '') for v in values},
+                  key=lambda p: (order.get(p, 2), p))
   fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), dpi=120,
-                           sharey=True, squeeze=False)
+                           squeeze=False)
   widths = sorted({v['model.d_model'] for v in values})
+  rates = sorted({v['opt.lr'] for v in values})
   colors = plt.get_cmap('viridis')(np.linspace(0, 0.85, len(widths)))
   finite = np.isfinite(loss)
-  top = np.percentile(loss[finite], 90) if finite.any() else 1.0
+  low = loss[finite].min() if finite.any() else 0.0
+  high = np.percentile(loss[finite], 90) if finite.any() else 1.0
   for ax, panel in zip(axes[0], panels):
     for width, color in zip(widths, colors):
       chosen = [i for i, v in enumerate(values) if v['model.d_model'] == width and
-                v.get('model.parametrization', '') == panel and np.isfinite(loss[i])]
+                v.get('model.parametrization', '') == panel and finite[i]]
       if not chosen:
         continue
-      rates, mean, _ = _mean_by([values[i]['opt.lr'] for i in chosen], loss[chosen])
+      x, mean, _ = _mean_by([values[i]['opt.lr'] for i in chosen], loss[chosen])
       ax.plot([values[i]['opt.lr'] for i in chosen], loss[chosen], '.', color=color, alpha=0.5)
-      ax.plot(rates, mean, 'o-', color=color, label=f'd_model {width}')
+      ax.plot(x, mean, 'o-', color=color, label=f'd_model {width}')
       best = int(np.argmin(mean))
-      ax.plot([rates[best]], [mean[best]], '*', color=color, markersize=14, markeredgecolor='k')
-    ax.set_xscale('log', base=2)
+      ax.plot([x[best]], [mean[best]], '*', color=color, markersize=15, markeredgecolor='k')
+    ax.set_xscale('log')
+    ax.set_xticks(rates, [f'{rate:g}' for rate in rates], rotation=30, fontsize=8)
+    ax.xaxis.set_minor_locator(_null_locator())
+    ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
     ax.set_xlabel('peak learning rate opt.lr')
+    ax.set_ylabel(metric)
     ax.set_title({'sp': 'standard parametrization (SP)', 'mup': 'muP'}.get(panel, panel or 'runs'))
-    ax.set_ylim(top=top + 0.1 * (top - loss[finite].min()) if finite.any() else None)
     ax.grid(alpha=0.3, which='both')
     ax.legend(fontsize=8, title='width (star: best rate)', title_fontsize=8)
-  axes[0][0].set_ylabel(metric)
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
+
+
+def _formatter(function):
+  from matplotlib import ticker
+  return ticker.FuncFormatter(function)
+
+
+def _null_locator():
+  from matplotlib import ticker
+  return ticker.NullLocator()
 
 
 def plot_aspect_ratio(values, loss, n, path: str, *, metric: str):
@@ -532,6 +549,7 @@ def plot_aspect_ratio(values, loss, n, path: str, *, metric: str):
     ax.annotate(f'{values[i]["model.num_layers"]}x{values[i]["model.d_model"]}',
                 (ratio[i], loss[i]), textcoords='offset points', xytext=(4, 6), fontsize=7)
   ax.set_xscale('log', base=2)
+  ax.xaxis.set_major_formatter(_formatter(_short_number))
   ax.set_xlabel('aspect ratio d_model / num_layers (label: layers x d_model)')
   ax.set_ylabel(metric)
   ax.set_title(f'Shape at about {np.median(n):,.0f} non-embedding parameters '

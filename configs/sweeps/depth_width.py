@@ -7,7 +7,8 @@ nearly flat over a wide range of aspect ratios d_model / num_layers)?
   python -m transformer.scaling runs/sweeps/depth_width
 
 1 to 16 blocks, each with the d_model (a multiple of the head size 16) that keeps 12 L d^2
-near the target. 7 points, about 15 minutes on 2 CPU cores (`:gpu`: 25M parameters).
+near the target. 7 points, 8 minutes with --parallel=2 on 2 CPU cores (`:gpu`: 25M parameters).
+Results: experiments/scaling/README.md.
 """
 
 from transformer.analysis import studies, sweeps

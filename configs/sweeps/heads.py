@@ -5,7 +5,8 @@
 
 d_model 128 split into 1 to 32 heads (head size 128 down to 4) at 2, 4 and 6 layers; the
 parameter count does not change with the head count (the Q/K/V/O projections stay d x d).
-18 points, about 15 minutes on 2 CPU cores (`:gpu`: d_model 256, 1 to 64 heads).
+18 points, 24 minutes with --parallel=2 on 2 CPU cores shared with other jobs (`:gpu`: d_model
+256, 1 to 64 heads). Results: experiments/scaling/README.md.
 """
 
 from transformer.analysis import studies, sweeps
