@@ -96,7 +96,7 @@ def test_every_sweep_file_expands(path):
   module = config_module(path)
   for scale in ('cpu', 'gpu'):  # every point's config is valid (counting is left to dry runs)
     points = sweeps.expand(module.get_config(scale), sweeps.load_sweep(str(path), scale))
-    assert len(points) >= 2
+    assert len(points) >= (1 if path.stem == 'prediction' else 2)  # prediction: one model
   if path.stem == 'model_size':  # >= 6 sizes spanning >= 30x, each with its own token budget
     points = sweeps.expand(studies.base(), sweeps.load_sweep(str(path), None))
     sizes = [p.info['params_non_embedding'] for p in points]

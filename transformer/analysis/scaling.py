@@ -664,8 +664,8 @@ def _law_fits(x, loss, bootstrap: int, seed: int) -> dict[str, dict]:
 
 def loss_grid(results: Results, row_field: str, column_field: str) -> dict | None:
   """The lowest loss in each (row value, column value) cell when both fields are swept and vary
-  over a grid more than half filled (not a zipped pair of axes), and the swept fields that vary
-  within a cell (those the minimum is taken over)."""
+  over a grid (more than half filled, each row and column with 2 cells or more: not a zipped pair
+  of axes), and the swept fields that vary within a cell (those the minimum is taken over)."""
   if row_field not in results.swept or column_field not in results.swept:
     return None
   cells = collections.defaultdict(list)
@@ -675,7 +675,10 @@ def loss_grid(results: Results, row_field: str, column_field: str) -> dict | Non
   order = lambda v: (isinstance(v, str), v)
   rows = sorted({r for r, _ in cells}, key=order)
   columns = sorted({c for _, c in cells}, key=order)
-  if len(rows) < 2 or len(columns) < 2 or len(cells) <= 0.5 * len(rows) * len(columns):
+  crossed = all(sum(r == row for r, _ in cells) >= 2 for row in rows) and all(
+      sum(c == column for _, c in cells) >= 2 for column in columns)
+  if len(rows) < 2 or len(columns) < 2 or not crossed or len(cells) <= 0.5 * len(rows) * len(
+      columns):
     return None
   grid = np.full((len(rows), len(columns)), np.nan)
   for (r, c), entries in cells.items():
@@ -727,7 +730,7 @@ def _law_lines(fits: dict[str, PowerLaw], x: str, bootstrap: int) -> list[str]:
     shown = ', '.join(f'{name} = {_interval(value, ci)}' for name, value, ci in values)
     form = 'with irreducible loss' if fit.irreducible else 'pure power law'
     caveat = f' **Not identified**: {fit.identified}.' if fit.identified else ''
-    if fit.irreducible and not caveat and fit.E < 1e-3 * fit.A:
+    if fit.irreducible and not caveat and fit.E < 1e-3:
       caveat = ' E collapses to 0: the points show no irreducible loss (the pure law applies).'
     lines.append(f'- {form} `{fit.formula(x)}`: {shown} ({fit.points} points; '
                  f'{fit.resamples} of {bootstrap} resamples fitted).{caveat}')
@@ -909,7 +912,7 @@ def _law_curves(fits: dict[str, PowerLaw], x: str) -> list[tuple[str, Callable]]
     label = f'{fit.formula(x)}, alpha 95% CI [{fit.alpha_ci[0]:.3g}, {fit.alpha_ci[1]:.3g}]'
     if fit.identified:
       label += f'\nnot identified: {fit.identified}'
-    elif fit.irreducible and fit.E < 1e-3 * fit.A:
+    elif fit.irreducible and fit.E < 1e-3:
       label += '\nE collapses to 0: on the pure law'
     curves.append((label, fit))
   return curves
