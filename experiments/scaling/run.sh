@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The scaling study: a model-size sweep (L(N), L(C)) and an IsoFLOP sweep (N_opt(C), D_opt(C)),
-# then their fits and plots. Relaunching skips finished points and resumes interrupted ones.
+# then their fits and plots, and L(N, D) over both. Relaunching skips finished points and
+# resumes interrupted ones.
 #
 #   bash experiments/scaling/run.sh [cpu|gpu] [OUT]    # cpu: about 50 minutes on 2 idle cores
 set -uo pipefail
@@ -14,4 +15,6 @@ python -m transformer.sweep --config=configs/sweeps/isoflop.py:$scale \
 # Fit whatever finished (a failed point is listed in results.csv with its error).
 python -m transformer.scaling $out/model_size || status=$?
 python -m transformer.scaling $out/isoflop || status=$?
+# L(N, D) over both sweeps together (Hoffmann et al.'s approach 3).
+python -m transformer.scaling $out/model_size $out/isoflop --out=$out/joint || status=$?
 exit $status
