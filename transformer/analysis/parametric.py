@@ -96,10 +96,17 @@ class JointLaw:
     if not len(self.samples):
       return Prediction(n, d, loss, (math.nan, math.nan), (math.nan, math.nan))
     surface = np.array([_surface(p, n, d) for p in self.samples])
-    rng = np.random.default_rng(seed)
-    scatter = surface * np.exp(rng.choice(self.residuals, size=len(surface)))
-    interval = lambda values: tuple(float(v) for v in np.percentile(values, [2.5, 97.5]))
-    return Prediction(n, d, loss, interval(surface), interval(scatter))
+    return Prediction(n, d, loss, *prediction_intervals(surface, self.residuals, seed))
+
+
+def prediction_intervals(fitted, residuals, seed: int = 0) -> tuple[Interval, Interval]:
+  """95% intervals from a law's bootstrap fits evaluated at one point: the confidence interval
+  (the fits themselves) and the prediction interval (each fit times the exponential of a
+  residual ln L - ln L_fit of the original fit, drawn at random)."""
+  fitted = np.asarray(fitted, float)
+  scatter = fitted * np.exp(np.random.default_rng(seed).choice(residuals, size=len(fitted)))
+  interval = lambda values: tuple(float(v) for v in np.percentile(values, [2.5, 97.5]))
+  return interval(fitted), interval(scatter)
 
 
 def _surface(params, n, d):

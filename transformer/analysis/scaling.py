@@ -37,7 +37,7 @@ from transformer.model.counting import format_count
 
 MIN_SIZES = 3  # distinct x values (or resolved IsoFLOP budgets) a fit needs
 MIN_SIZES_IRREDUCIBLE = 5  # ... and for E + A x^-alpha: three parameters, so some to spare
-Interval = tuple[float, float]
+Interval = parametric.Interval
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,10 +79,8 @@ class PowerLaw:
     if not len(self.samples):
       return value, (math.nan, math.nan), (math.nan, math.nan)
     E, A, alpha = self.samples.T
-    curve = E + A * float(x) ** -alpha
-    scatter = curve * np.exp(np.random.default_rng(seed).choice(self.residuals, len(curve)))
-    interval = lambda v: tuple(float(q) for q in np.percentile(v, [2.5, 97.5]))
-    return value, interval(curve), interval(scatter)
+    return value, *parametric.prediction_intervals(E + A * float(x) ** -alpha, self.residuals,
+                                                   seed)
 
   def formula(self, x: str = 'N', y: str = 'L') -> str:
     floor = f'{self.E:.3g} + ' if self.irreducible else ''
