@@ -12,7 +12,7 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / 'transformer'
 COMMANDS = {'train', 'describe', 'bench', 'sweep', 'scaling', 'generate', 'viz', 'ablation',
-            'convert', 'data.__main__', 'cli'}
+            'evaluate', 'convert', 'data.__main__', 'cli'}
 # Each layer may import itself and the layers listed for it (and nothing of the commands).
 LAYERS = {
     'base': set(),  # config, errors, files
