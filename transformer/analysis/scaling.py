@@ -928,7 +928,7 @@ def write_plots(results: Results, analysis: dict, out: str,
       params['x'], params['loss'], _law_curves(params['fits'], 'N'),
       os.path.join(out, 'loss_vs_params.png'), xlabel='non-embedding parameters N',
       ylabel=results.metric, title='Loss against non-embedding parameters (lowest per size)',
-      others=(results.n, results.loss))
+      others=_not_lowest(results))
   plots.append(('loss_vs_params.png', 'loss against non-embedding parameters, with L(N)'))
   figures.plot_power_law(
       results.compute[frontier], results.loss[frontier], _law_curves(compute['fits'], 'C'),
@@ -951,6 +951,13 @@ def write_plots(results: Results, analysis: dict, out: str,
   for grid in analysis['grids']:
     plots.append(_heatmap(grid, results.metric, out))
   return plots
+
+
+def _not_lowest(results: Results) -> tuple[np.ndarray, np.ndarray]:
+  """(N, loss) of the points that are not the lowest loss of their size (drawn in grey)."""
+  lowest = {n: results.loss[results.n == n].min() for n in np.unique(results.n)}
+  other = np.array([loss > lowest[n] for n, loss in zip(results.n, results.loss)], bool)
+  return results.n[other], results.loss[other]
 
 
 def _study_plots(results: Results, out: str) -> list[tuple[str, str]]:
