@@ -206,6 +206,45 @@ def test_every_family_learns(request, tmp_path, data_dir, family, dataset, extra
   assert summary['final_eval_loss'] is not None and summary['status'] == 'finished'
   if family == 'encoder_decoder':  # beam-searched translations of 8 held-out examples
     assert 0 <= summary['eval_bleu'] <= 100 and 0 <= summary['eval_exact_match'] <= 1
+  if family == 'encoder_only':  # what `generate` answers for it
+    check_encoder_answers(str(tmp_path), extra.get('model__head', 'mlm'))
+
+
+def check_encoder_answers(workdir, head):
+  """fill_mask and classify against the model's own logits, laid out as in training:
+  <bos> text <eos>, softmax in float64."""
+  from transformer.inference import encoder, trained
+  run = trained.load(workdir)
+  tokenizer = run.tokenizer()
+  logits = lambda ids: np.asarray(run.model.apply({'params': run.params}, np.array([ids])),
+                                  np.float64)[0]
+  softmax = lambda x: np.exp(x - x.max()) / np.exp(x - x.max()).sum()
+  if head == 'mlm':
+    [[first, second]] = encoder.fill_mask(run, ['to be, or [MASK]ot to b[MASK]'], top_k=4)
+    ids = ([tokenizer.bos_id] + list(tokenizer.encode('to be, or ')) + [tokenizer.mask_id]
+           + list(tokenizer.encode('ot to b')) + [tokenizer.mask_id, tokenizer.eos_id])
+    expected = softmax(logits(ids)[len(tokenizer.encode('to be, or ')) + 1])
+    expected[sorted(tokenizer.special_ids)] = 0  # never proposed
+    top = np.argsort(-expected)[:4]
+    assert [t for t, _ in first] == [tokenizer.decode([int(i)]) for i in top]
+    np.testing.assert_allclose([p for _, p in first], expected[top], rtol=1e-5)
+    assert len(second) == 4 and all(a[1] >= b[1] for a, b in zip(second, second[1:]))
+    with pytest.raises(ConfigError, match='has no .MASK. to fill'):
+      encoder.fill_mask(run, ['no mask here'])
+    done = subprocess.run([sys.executable, '-m', 'transformer.generate', f'--workdir={workdir}',
+                           '--prompt=to b[MASK]', '--top_k=3'], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == 'to b[MASK]'
+    assert done.stdout.splitlines()[1].startswith('  [MASK] 1: ')
+    assert done.stdout.count(', ') == 2  # three candidates
+  else:
+    probs = encoder.classify(run, ['a film', 'a much longer review of a film'])
+    assert probs.shape == (2, 2)
+    ids = [tokenizer.bos_id] + list(tokenizer.encode('a film')) + [tokenizer.eos_id]
+    np.testing.assert_allclose(probs[0], softmax(logits(ids)), rtol=1e-5)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-9)
+    assert encoder.class_names(run) == ['class 0', 'class 1']
 
 
 def train_command(workdir, data_dir, *args):

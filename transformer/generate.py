@@ -5,9 +5,11 @@
   python -m transformer.generate --workdir=RUN --prompt='source text' [--beam_size=4 --alpha=0.6]
 
 A decoder-only run continues each --prompt (repeat the flag for several; --num_samples draws
-that many continuations of each). An encoder-decoder run decodes a target for each --prompt
-(the source): by beam search with --beam_size > 0, else greedily or sampled as above. The
-tokens are decoded with a KV cache (transformer/model/decode.py).
+that many continuations of each). An encoder-only run answers each --prompt: a masked LM
+fills every [MASK] with its --top_k most likely tokens (default 5) and their probabilities,
+a classifier prints the probability of each class. An encoder-decoder run decodes a target
+for each --prompt (the source): by beam search with --beam_size > 0, else greedily or sampled
+as above. The tokens are decoded with a KV cache (transformer/model/decode.py).
 """
 
 import sys
@@ -23,8 +25,13 @@ from transformer.training import runs
 def check_flags(f, cfg) -> None:
   """One line naming the flag, before anything is compiled."""
   if cfg.family == 'encoder_only':
-    raise ConfigError(f'--workdir={f.workdir} holds an encoder_only model, which does not '
-                      'generate; use a decoder_only or encoder_decoder run')
+    if not f.prompt or '' in f.prompt:
+      raise ConfigError('--prompt is required: the text to classify, or with [MASK] where a '
+                        'token is to be filled (an encoder_only run)')
+    if not 1 <= f.top_k <= cfg.vocab_size and cfg.head == 'mlm':
+      raise ConfigError(f'--top_k={f.top_k} is invalid: must be in [1, {cfg.vocab_size}] (the '
+                        'candidates shown for each [MASK]; 0 means 5 here)')
+    return
   if cfg.family == 'encoder_decoder' and (not f.prompt or '' in f.prompt):
     raise ConfigError('--prompt is required (the source text, for an encoder_decoder run)')
   checks = [('num_tokens', f.num_tokens >= 1, '>= 1'), ('temperature', f.temperature >= 0, '>= 0'),
@@ -57,11 +64,34 @@ def define_flags():
   flags.DEFINE_float('alpha', 0.6, 'beam search: length penalty ((5 + length) / 6)^alpha')
 
 
+def answer_encoder(run, f) -> None:
+  """An encoder_only run: the [MASK] fillings (mlm) or the class probabilities (classify)."""
+  from transformer.inference import encoder
+  if run.cfg.head == 'mlm':
+    for prompt, masks in zip(f.prompt, encoder.fill_mask(run, f.prompt, f.top_k)):
+      print(prompt)
+      for i, candidates in enumerate(masks):
+        shown = ', '.join(f'{token!r} {prob:.3f}' for token, prob in candidates)
+        print(f'  [MASK] {i + 1}: {shown}')
+    return
+  names = encoder.class_names(run)
+  for prompt, probs in zip(f.prompt, encoder.classify(run, f.prompt)):
+    best = int(probs.argmax())
+    shown = ', '.join(f'{name} {p:.3f}' for name, p in zip(names, probs))
+    print(f'{prompt} -> {names[best]} ({shown})')
+
+
 def main(argv):
   f = cli.begin_workdir_command(argv)
   try:
-    check_flags(f, runs.read_experiment(f.workdir).model)
+    cfg = runs.read_experiment(f.workdir).model
+    if cfg.family == 'encoder_only' and cfg.head == 'mlm' and f.top_k == 0:
+      f.top_k = 5
+    check_flags(f, cfg)
     run = trained.load(f.workdir, f.step)
+    if cfg.family == 'encoder_only':
+      answer_encoder(run, f)
+      return
   except ConfigError as e:
     cli.fail(str(e))
   try:  # decode checks lengths (a prompt longer than the model's context) before compiling
