@@ -33,6 +33,11 @@ def test_load_reads_the_newest_or_a_given_checkpoint(run_dir):
   assert not (kernels[0] == kernels[1]).all()  # two steps of training apart
   with pytest.raises(ConfigError, match='--step=30 has no checkpoint'):
     trained.load(run_dir, step=30)
+  summary = repr(newest)  # what print() shows: a summary, not every parameter array
+  count = sum(leaf.size for leaf in jax.tree.leaves(newest.params))
+  assert 'step=40, decoder_only lm: 2 layers, d_model 64' in summary
+  assert f'{count:,} parameters in {len(jax.tree.leaves(newest.params))} arrays' in summary
+  assert len(summary) < 300 and 'Array(' not in summary
 
 
 def test_load_reads_the_parameters_alone_bitwise(run_dir, tmp_path):

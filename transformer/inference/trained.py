@@ -36,6 +36,17 @@ class Trained:
   def model(self) -> nn.Module:
     return models.build_model(self.cfg)
 
+  def __repr__(self) -> str:
+    """A summary (what, where, how big), not every parameter array."""
+    import jax
+    leaves = jax.tree.leaves(self.params)
+    count = sum(int(getattr(leaf, 'size', 0)) for leaf in leaves)
+    cfg = self.cfg
+    return (f'Trained(workdir={self.workdir!r}, step={self.step}, {cfg.family} {cfg.head}: '
+            f'{cfg.num_layers} layers, d_model {cfg.d_model}, {cfg.num_heads} heads, vocab '
+            f'{cfg.vocab_size}; {count:,} parameters in {len(leaves)} arrays; data '
+            f'{self.config.data.dataset!r})')
+
   def tokenizer(self):
     """The run's tokenizer (a trained SentencePiece model is read from the data directory)."""
     return pipeline.get_tokenizer(self.config)
