@@ -64,6 +64,21 @@ def test_bad_input_gets_one_line(trained_lm, args, message):
   assert message in done.stderr, done.stderr
 
 
+def test_only_a_learned_position_table_bounds_the_length(data_dir):
+  from transformer import presets
+  from transformer.config import Experiment
+  from transformer.errors import ConfigError
+  from transformer.evaluate import experiment_to_evaluate
+  config = presets.get_config('decoder_only', 'tiny')
+  config.data.update(data_dir=data_dir, seq_len=32)
+  config.model.update(position='rope', max_len=64)
+  longer = experiment_to_evaluate(Experiment.from_config(config), {}, seq_len=256)
+  assert longer.data.seq_len == 256  # RoPE extrapolates: max_len does not apply
+  config.model.position = 'learned'
+  with pytest.raises(ConfigError, match='longer than the learned position table'):
+    experiment_to_evaluate(Experiment.from_config(config), {}, seq_len=256)
+
+
 def test_help_lists_the_flags():
   done = evaluate('--help')  # absl's usage, as every command's (its exit code is 1)
   for flag in ('--workdir', '--seq_len', '--num_batches', '--step', '--bleu_examples', '--json'):

@@ -110,9 +110,6 @@ def evaluate(workdir: str, overrides: dict[str, str], *, step: int | None = None
   from transformer.training import evaluation, runs
   experiment = experiment_to_evaluate(runs.read_experiment(workdir), overrides, seq_len)
   run = dataclasses.replace(trained.load(workdir, step), config=experiment)
-  if experiment.model.max_len and experiment.data.seq_len > experiment.model.max_len:
-    raise ConfigError(f'--seq_len={experiment.data.seq_len} is longer than the model\'s '
-                      f'position table (model.max_len={experiment.model.max_len})')
   metrics = evaluation.evaluate_run(run, num_batches=num_batches)
   if experiment.model.family == 'encoder_decoder':
     examples = (experiment.train.bleu_examples or 64) if bleu_examples is None else bleu_examples
