@@ -456,3 +456,18 @@ def test_pretokenize_is_only_for_converted_data():
   with pytest.raises(ConfigError, match="data.pretokenize=True is invalid: it is only for the "
                                         "datasets converted here"):
     Experiment.from_config(config)
+
+
+def test_a_classifier_of_files_names_its_classes_as_written(tmp_path):
+  from transformer.inference import encoder, trained
+  rng = random.Random(5)
+  with open(tmp_path / 'reviews.jsonl', 'w') as f:
+    for i in range(60):
+      f.write(json.dumps({'text': sentence(rng, 8), 'mood': ['pos', 'neg', 'mixed'][i % 3]})
+              + '\n')
+  config = data_config(tmp_path, tmp_path / 'reviews.jsonl', 'encoder_only', 'classify',
+                       label_field='mood')
+  config.model.num_classes = 3
+  experiment = experiment_of(config)
+  run = trained.Trained(workdir=str(tmp_path), config=experiment, params={}, step=0)
+  assert encoder.class_names(run) == ['mixed', 'neg', 'pos']  # the conversion sorts them

@@ -6,11 +6,9 @@ most likely tokens, a classifier gives the probability of each class.
   classify(run, ['a wonderful film'])                    # per text: the class probabilities
 
 Inputs are laid out as in training (transformer/data/pipeline.py): <bos> text <eos>, one row
-per text, padded to one length. `[MASK]` in a text (or the tokenizer's own mask token) marks a
-position to fill.
+per text, padded to one length. `[MASK]` in a text marks a position to fill (it becomes the
+tokenizer's mask id).
 """
-
-import re
 
 import numpy as np
 
@@ -19,13 +17,12 @@ from transformer.errors import ConfigError
 MASK = '[MASK]'
 
 
-def _rows(run, texts: list[str], masks: bool) -> tuple[np.ndarray, np.ndarray]:
+def _rows(run, tokenizer, texts: list[str], masks: bool) -> tuple[np.ndarray, np.ndarray]:
   """(tokens BxT, segment ids BxT) of <bos> text <eos> per text, [MASK] as the mask id."""
-  tokenizer = run.tokenizer()
   rows = []
   for text in texts:
     ids = [tokenizer.bos_id]
-    pieces = re.split(re.escape(MASK), text) if masks else [text]
+    pieces = text.split(MASK) if masks else [text]
     for i, piece in enumerate(pieces):
       if i:
         ids.append(tokenizer.mask_id)
@@ -59,7 +56,7 @@ def fill_mask(run, texts: list[str], top_k: int = 5) -> list[list[list[tuple[str
   if missing:
     raise ConfigError(f'--prompt={missing[0]!r} has no {MASK} to fill')
   tokenizer = run.tokenizer()
-  tokens, segments = _rows(run, texts, masks=True)
+  tokens, segments = _rows(run, tokenizer, texts, masks=True)
   probs_BxTxV = _probabilities(run, tokens, segments)
   special = sorted(i for i in tokenizer.special_ids if i < probs_BxTxV.shape[-1])
   answers = []
@@ -79,19 +76,19 @@ def classify(run, texts: list[str]) -> np.ndarray:
   if run.cfg.head != 'classify':
     raise ConfigError(f'--workdir={run.workdir} holds a {run.cfg.head} model; class '
                       'probabilities need the classify head')
-  tokens, segments = _rows(run, texts, masks=False)
+  tokens, segments = _rows(run, run.tokenizer(), texts, masks=False)
   return _probabilities(run, tokens, segments)
 
 
 def class_names(run) -> list[str]:
-  """The names of the classes where the data has them (files: the labels as written), else
-  'class 0', 'class 1', ..."""
+  """The names of the classes where the data has them (files and hf: datasets: the labels as
+  written), else 'class 0', 'class 1', ..."""
+  from transformer.data import corpus, datasets
   names = []
-  if run.config.data.dataset == 'files':  # the conversion records them (sorted)
-    from transformer.data import corpus, datasets
+  if datasets.get_spec(run.config.data).source == 'files':  # the conversion records them
     try:
-      names = [str(n) for n in corpus.read_manifest(datasets.convert_files(run.config.data))[
-          'classes']]
+      manifest = corpus.read_manifest(datasets.convert_files(run.config.data))
+      names = [str(name) for name in manifest['classes']]
     except (ConfigError, OSError, KeyError, ValueError):
       names = []
   count = run.cfg.num_classes
