@@ -168,6 +168,7 @@ def test_an_exponent_interval_reaching_zero_is_not_a_headline():
   assert '**Not identified**' in lines[0]
   steep = scaling.fit_power_law(x, 5 * x ** -0.1, irreducible=False, bootstrap=50)
   assert steep.identified == ''
-  value, confidence, prediction = steep.predict(1e7)
-  assert value == pytest.approx(5e7 ** 0 * 5 * 1e7 ** -0.1)
+  predicted = steep.predict(1e7)
+  value, confidence, prediction = predicted.loss, predicted.confidence, predicted.prediction
+  assert value == pytest.approx(5 * 1e7 ** -0.1) and predicted.n == 1e7
   assert confidence[0] <= value <= confidence[1] and prediction[0] <= value <= prediction[1]

@@ -22,9 +22,10 @@ def series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot_loss_curve(records: list[dict], path: str, title: str = '', *,
-                    bytes_tokenizer: bool = False, log: bool = False):
+                    bytes_tokenizer: bool = False):
   """Training loss (a line) and evaluation loss (markers, another colour) against step, as a PNG;
-  with a byte tokenizer a second axis reads the loss in bits per byte; `log`: log axes."""
+  with a byte tokenizer a second axis reads the loss in bits per byte (`viz loss RUN --log`
+  draws the same on log axes)."""
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
   steps, values = series(records, 'loss')
@@ -34,10 +35,6 @@ def plot_loss_curve(records: list[dict], path: str, title: str = '', *,
   if len(steps):
     ax.plot(steps, values, 's--', color='C3', label='eval loss (held out)', markersize=5,
             linewidth=0.8)
-  if log:
-    ax.set_xscale('log')
-    ax.set_yscale('log')
-    _plain_log_ticks(ax.yaxis)
   ax.set_xlabel('step')
   ax.set_ylabel('loss (nats per token)')
   if bytes_tokenizer:
@@ -425,12 +422,12 @@ def plot_loss_curves(curves: Sequence, path: str, *, xlabel: str = 'step',
 def plot_loss_surface(law, n, tokens, loss, path: str, *, metric: str, predicted=()):
   """Left: iso-loss contours of a fitted L(N, D) over N and D with the points coloured by their
   loss on the same scale, and the compute-optimal path; right: predicted against observed loss.
-  `predicted`: (N, D, prediction) triples marked with their 95% prediction intervals."""
+  `predicted`: predictions (parametric.Prediction) marked with their 95% prediction intervals."""
   plt = _pyplot()
   from matplotlib import colors as mcolors
   fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), dpi=120)
-  marks_n = [m[0] for m in predicted]
-  marks_d = [m[1] for m in predicted]
+  marks_n = [value.n for value in predicted]
+  marks_d = [value.d for value in predicted]
   log_n = np.linspace(np.log10(min([*n, *marks_n]) / 2), np.log10(max([*n, *marks_n]) * 2), 120)
   log_d = np.linspace(np.log10(min([*tokens, *marks_d]) / 2),
                       np.log10(max([*tokens, *marks_d]) * 2), 120)
@@ -463,7 +460,7 @@ def plot_loss_surface(law, n, tokens, loss, path: str, *, metric: str, predicted
   fitted = law(n, tokens)
   right.plot(fitted, loss, 'o', color='C0', markersize=5, label='runs')
   low, high = min(loss.min(), fitted.min()), max(loss.max(), fitted.max())
-  for i, (_, _, value) in enumerate(predicted):
+  for i, value in enumerate(predicted):
     low, high = min(low, value.prediction[0]), max(high, value.prediction[1])
     right.errorbar([value.loss], [value.loss], yerr=[[value.loss - value.prediction[0]],
                                                      [value.prediction[1] - value.loss]],
@@ -476,14 +473,13 @@ def plot_loss_surface(law, n, tokens, loss, path: str, *, metric: str, predicted
   _save(fig, right, path)
 
 
-def _mean_by(keys, values) -> tuple[list, np.ndarray, np.ndarray]:
-  """Sorted distinct keys with the mean and the spread (max - min) of their values."""
+def _mean_by(keys, values) -> tuple[list, np.ndarray]:
+  """Sorted distinct keys with the mean of their values."""
   groups = {}
   for key, value in zip(keys, values):
     groups.setdefault(key, []).append(value)
   ordered = sorted(groups)
-  return (ordered, np.array([np.mean(groups[k]) for k in ordered]),
-          np.array([np.ptp(groups[k]) for k in ordered]))
+  return ordered, np.array([np.mean(groups[k]) for k in ordered])
 
 
 def plot_lr_transfer(values, loss, path: str, *, metric: str):
@@ -491,6 +487,7 @@ def plot_lr_transfer(values, loss, path: str, *, metric: str):
   seeds, with each run as a dot), one panel per parametrization (SP first); each curve's minimum
   starred. The loss axis is shared and cut above the 90th percentile (diverged runs)."""
   plt = _pyplot()
+  from matplotlib import ticker
   order = {'sp': 0, 'mup': 1}
   panels = sorted({v.get('model.parametrization', '') for v in values},
                   key=lambda p: (order.get(p, 2), p))
@@ -508,14 +505,14 @@ def plot_lr_transfer(values, loss, path: str, *, metric: str):
                 v.get('model.parametrization', '') == panel and finite[i]]
       if not chosen:
         continue
-      x, mean, _ = _mean_by([values[i]['opt.lr'] for i in chosen], loss[chosen])
+      x, mean = _mean_by([values[i]['opt.lr'] for i in chosen], loss[chosen])
       ax.plot([values[i]['opt.lr'] for i in chosen], loss[chosen], '.', color=color, alpha=0.5)
       ax.plot(x, mean, 'o-', color=color, label=f'd_model {width}')
       best = int(np.argmin(mean))
       ax.plot([x[best]], [mean[best]], '*', color=color, markersize=15, markeredgecolor='k')
     ax.set_xscale('log')
     ax.set_xticks(rates, [f'{rate:g}' for rate in rates], rotation=30, fontsize=8)
-    ax.xaxis.set_minor_locator(_null_locator())
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
     ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
     ax.set_xlabel('peak learning rate opt.lr')
     ax.set_ylabel(metric)
@@ -527,20 +524,11 @@ def plot_lr_transfer(values, loss, path: str, *, metric: str):
   plt.close(fig)
 
 
-def _formatter(function):
-  from matplotlib import ticker
-  return ticker.FuncFormatter(function)
-
-
-def _null_locator():
-  from matplotlib import ticker
-  return ticker.NullLocator()
-
-
 def plot_aspect_ratio(values, loss, n, path: str, *, metric: str):
   """Loss against the aspect ratio d_model / num_layers at about one parameter count (Kaplan et
   al. 2020, figure 5), each point labelled with its shape."""
   plt = _pyplot()
+  from matplotlib import ticker
   fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
   ratio = np.array([v['model.d_model'] / v['model.num_layers'] for v in values], float)
   order = np.argsort(ratio)
@@ -549,7 +537,7 @@ def plot_aspect_ratio(values, loss, n, path: str, *, metric: str):
     ax.annotate(f'{values[i]["model.num_layers"]}x{values[i]["model.d_model"]}',
                 (ratio[i], loss[i]), textcoords='offset points', xytext=(4, 6), fontsize=7)
   ax.set_xscale('log', base=2)
-  ax.xaxis.set_major_formatter(_formatter(_short_number))
+  ax.xaxis.set_major_formatter(ticker.FuncFormatter(_short_number))
   ax.set_xlabel('aspect ratio d_model / num_layers (label: layers x d_model)')
   ax.set_ylabel(metric)
   ax.set_title(f'Shape at about {np.median(n):,.0f} non-embedding parameters '

@@ -41,7 +41,7 @@ Interval = tuple[float, float]
 class Prediction:
   """A predicted loss with its 95% confidence and prediction intervals."""
   n: float
-  d: float
+  d: float  # nan for a law of N alone
   loss: float
   confidence: Interval  # the fitted surface at (N, D)
   prediction: Interval  # a new run at (N, D): also the scatter of the points about the fit
@@ -70,12 +70,12 @@ class JointLaw:
   @property
   def a(self) -> float:
     """N_opt ~ C^a."""
-    return self.beta / (self.alpha + self.beta)
+    return _allocation(self.A, self.B, self.alpha, self.beta)[0]
 
   @property
   def b(self) -> float:
     """D_opt ~ C^b."""
-    return self.alpha / (self.alpha + self.beta)
+    return _allocation(self.A, self.B, self.alpha, self.beta)[1]
 
   @property
   def G(self) -> float:
@@ -95,7 +95,7 @@ class JointLaw:
     loss = float(self(n, d))
     if not len(self.samples):
       return Prediction(n, d, loss, (math.nan, math.nan), (math.nan, math.nan))
-    surface = np.array([_surface(p, n, d) for p in self.samples])
+    surface = _surface(self.samples.T, n, d)  # every resample's fit at (N, D)
     return Prediction(n, d, loss, *prediction_intervals(surface, self.residuals, seed))
 
 
@@ -140,13 +140,18 @@ def objective(theta, log_n, log_d, log_loss, delta: float = HUBER_DELTA):
   total = weights.sum(axis=0)
   residual = top + np.log(total) - log_loss
   weights /= total  # d prediction / d term
-  small = np.abs(residual) <= delta
-  value = np.where(small, 0.5 * residual ** 2, delta * (np.abs(residual) - 0.5 * delta)).sum()
+  value = _huber(residual, delta).sum()
   slope = np.clip(residual, -delta, delta)  # d Huber / d residual
   grad = np.array([(slope * weights[0]).sum(), (slope * weights[1]).sum(),
                    (slope * weights[2]).sum(), -(slope * weights[0] * log_n).sum(),
                    -(slope * weights[1] * log_d).sum()])
   return value / delta, grad / delta
+
+
+def _huber(residual, delta: float = HUBER_DELTA):
+  """Huber's loss: r^2 / 2 within delta, linear beyond."""
+  size = np.abs(residual)
+  return np.where(size <= delta, 0.5 * residual ** 2, delta * (size - 0.5 * delta))
 
 
 def _minimise(theta0, args):
@@ -182,9 +187,7 @@ def grid_starts(args, count: int = 100, grid: dict | None = None) -> np.ndarray:
   a, b, e, alpha, beta = (column[:, None] for column in starts.T)
   with np.errstate(over='ignore', invalid='ignore'):
     predicted = np.logaddexp(np.logaddexp(a - alpha * log_n, b - beta * log_d), e)
-    residual = np.abs(predicted - log_loss)
-    huber = np.where(residual <= HUBER_DELTA, 0.5 * residual ** 2,
-                     HUBER_DELTA * (residual - 0.5 * HUBER_DELTA)).sum(axis=1)
+    huber = _huber(predicted - log_loss).sum(axis=1)  # the objective at every start at once
   return starts[np.argsort(huber, kind='stable')[:count]]
 
 

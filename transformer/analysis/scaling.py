@@ -68,19 +68,25 @@ class PowerLaw:
       return 'no bootstrap interval'
     if low <= 0:
       return f'the exponent\'s 95% interval [{low:.3g}, {high:.3g}] reaches 0 or below'
-    if self.irreducible and self.alpha_ci[0] < 1e-3:
+    if self.irreducible and low < 1e-3:
       return 'the exponent collapses to 0'
     return ''
 
-  def predict(self, x: float, seed: int = 0) -> tuple[float, Interval, Interval]:
+  @property
+  def floor_collapsed(self) -> bool:
+    """A fitted irreducible loss of ~0: the curve is the pure law's."""
+    return self.irreducible and self.E < 1e-3
+
+  def predict(self, x: float, seed: int = 0) -> parametric.Prediction:
     """L(x) with its 95% confidence and prediction intervals (the bootstrap fits; the same
-    times the exponential of a residual drawn at random)."""
+    times the exponential of a residual drawn at random); D is not a variable of this law."""
     value = float(self(x))
     if not len(self.samples):
-      return value, (math.nan, math.nan), (math.nan, math.nan)
+      return parametric.Prediction(float(x), math.nan, value, (math.nan, math.nan),
+                                   (math.nan, math.nan))
     E, A, alpha = self.samples.T
-    return value, *parametric.prediction_intervals(E + A * float(x) ** -alpha, self.residuals,
-                                                   seed)
+    return parametric.Prediction(float(x), math.nan, value, *parametric.prediction_intervals(
+        E + A * float(x) ** -alpha, self.residuals, seed))
 
   def formula(self, x: str = 'N', y: str = 'L') -> str:
     floor = f'{self.E:.3g} + ' if self.irreducible else ''
@@ -416,8 +422,8 @@ def read_table(path: str, n_column: str, loss_column: str, d_column: str = '',
   table = np.array([[number(row, name) for name in (n_column, d_column, c_column, loss_column)]
                     for row in rows], float).reshape(-1, 4)
   n, d, c, loss = table.T
-  d = np.where(np.isfinite(d), d, c / (6 * n)) if d_column else c / (6 * n)
-  c = c if c_column else 6 * n * d
+  d = np.where(np.isfinite(d), d, c / (6 * n))  # an absent column reads as nan
+  c = np.where(np.isfinite(c), c, 6 * n * d)
   keep = np.all(np.isfinite(np.stack([n, d, c, loss])) & (np.stack([n, d, c, loss]) > 0), axis=0)
   notes = [] if keep.all() else [f'{int((~keep).sum())} row(s) without positive numbers for N, D '
                                  'or C and the loss were left out']
@@ -475,8 +481,8 @@ def select(results: Results, conditions: Sequence[str]) -> Results:
     else:
       raise ResultsError(f'--where={text!r}: {field!r} is not a field of the results; use N, D, '
                          'C, loss or a swept field')
-    results = _subset(results, OPERATORS[op](column, value), f'points with {text}: '
-                      f'{int(OPERATORS[op](column, value).sum())} of {len(column)}')
+    keep = OPERATORS[op](column, value)
+    results = _subset(results, keep, f'points with {text}: {int(keep.sum())} of {len(column)}')
   return results
 
 
@@ -662,8 +668,8 @@ def _law_fits(x, loss, bootstrap: int, seed: int) -> dict[str, dict]:
 
 def loss_grid(results: Results, row_field: str, column_field: str) -> dict | None:
   """The lowest loss in each (row value, column value) cell when both fields are swept and vary
-  over a grid (more than half filled, each row and column with 2 cells or more: not a zipped pair
-  of axes), and the swept fields that vary within a cell (those the minimum is taken over)."""
+  over a crossed grid (each row and column with 2 cells or more: not a zipped pair of axes), and
+  the swept fields that vary within a cell (those the minimum is taken over)."""
   if row_field not in results.swept or column_field not in results.swept:
     return None
   cells = collections.defaultdict(list)
@@ -675,8 +681,7 @@ def loss_grid(results: Results, row_field: str, column_field: str) -> dict | Non
   columns = sorted({c for _, c in cells}, key=order)
   crossed = all(sum(r == row for r, _ in cells) >= 2 for row in rows) and all(
       sum(c == column for _, c in cells) >= 2 for column in columns)
-  if len(rows) < 2 or len(columns) < 2 or not crossed or len(cells) <= 0.5 * len(rows) * len(
-      columns):
+  if len(rows) < 2 or len(columns) < 2 or not crossed:
     return None
   grid = np.full((len(rows), len(columns)), np.nan)
   for (r, c), entries in cells.items():
@@ -728,7 +733,7 @@ def _law_lines(fits: dict[str, PowerLaw], x: str, bootstrap: int) -> list[str]:
     shown = ', '.join(f'{name} = {_interval(value, ci)}' for name, value, ci in values)
     form = 'with irreducible loss' if fit.irreducible else 'pure power law'
     caveat = f' **Not identified**: {fit.identified}.' if fit.identified else ''
-    if fit.irreducible and not caveat and fit.E < 1e-3:
+    if not caveat and fit.floor_collapsed:
       caveat = ' E collapses to 0: the points show no irreducible loss (the pure law applies).'
     lines.append(f'- {form} `{fit.formula(x)}`: {shown} ({fit.points} points; '
                  f'{fit.resamples} of {bootstrap} resamples fitted).{caveat}')
@@ -809,10 +814,9 @@ def prediction_lines(rows: list[dict]) -> list[str]:
     found = [(name, row[key]) for key, name in (('joint', 'L(N, D)'), ('params', 'L(N)'))
              if key in row]
     for name, value in found:
-      loss, low, high = (value.loss, value.confidence, value.prediction) if name == 'L(N, D)' \
-          else value
-      lines.append(f'| {n} | {d} | {name} | {loss:.4g} | [{low[0]:.4g}, {low[1]:.4g}] | '
-                   f'[{high[0]:.4g}, {high[1]:.4g}] |')
+      (low, high), (wide_low, wide_high) = value.confidence, value.prediction
+      lines.append(f'| {n} | {d} | {name} | {value.loss:.4g} | [{low:.4g}, {high:.4g}] | '
+                   f'[{wide_low:.4g}, {wide_high:.4g}] |')
     if not found:
       lines.append(f'| {n} | {d} | no fitted law | - | - | - |')
   return lines + ['']
@@ -910,7 +914,7 @@ def _law_curves(fits: dict[str, PowerLaw], x: str) -> list[tuple[str, Callable]]
     label = f'{fit.formula(x)}, alpha 95% CI [{fit.alpha_ci[0]:.3g}, {fit.alpha_ci[1]:.3g}]'
     if fit.identified:
       label += f'\nnot identified: {fit.identified}'
-    elif fit.irreducible and fit.E < 1e-3:
+    elif fit.floor_collapsed:
       label += '\nE collapses to 0: on the pure law'
     curves.append((label, fit))
   return curves
@@ -941,7 +945,7 @@ def write_plots(results: Results, analysis: dict, out: str,
   law = analysis['joint']['fit']
   if law is not None:
     known = np.isfinite(results.tokens)
-    marked = [(row['N'], row['D'], row['joint']) for row in predicted if 'joint' in row]
+    marked = [row['joint'] for row in predicted if 'joint' in row]
     figures.plot_loss_surface(law, results.n[known], results.tokens[known],
                               results.loss[known], os.path.join(out, 'loss_surface.png'),
                               metric=results.metric, predicted=marked)
@@ -1071,8 +1075,7 @@ def prediction_summary(rows: Sequence[dict]) -> list[str]:
     for key, name in (('joint', 'L(N, D)'), ('params', 'L(N)')):
       if key in row:
         value = row[key]
-        loss, (low, high) = ((value.loss, value.prediction) if key == 'joint'
-                             else (value[0], value[2]))
-        lines.append(f'predicted at {where}: {name} = {loss:.4g}, 95% prediction interval '
+        low, high = value.prediction
+        lines.append(f'predicted at {where}: {name} = {value.loss:.4g}, 95% prediction interval '
                      f'[{low:.4g}, {high:.4g}]')
   return lines

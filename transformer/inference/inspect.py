@@ -195,9 +195,9 @@ def loss_curves(directories: Sequence[str]) -> list[LossCurve]:
   own name)."""
   runs = find_runs(directories)
   common = os.path.commonpath([os.path.abspath(r) for r in runs]) if len(runs) > 1 else None
-  curves, keys = [], []
+  curves, keys, sweeps = [], [], {}
   for run in runs:
-    label, key = _swept_values(run)
+    label, key = _swept_values(run, sweeps)
     name = label or (os.path.relpath(os.path.abspath(run), common) if common else None)
     curves.append(read_loss_curve(run, name))
     keys.append(key)
@@ -207,17 +207,29 @@ def loss_curves(directories: Sequence[str]) -> list[LossCurve]:
   return [curves[i] for i in order]
 
 
-def _swept_values(run: str) -> tuple[str, tuple]:
-  """('field=value ...', sort key) of a sweep's point from its sweep.json; ('', ()) otherwise."""
-  sweep = files.read_json(os.path.join(os.path.dirname(os.path.abspath(run)), 'sweep.json'))
+def _sweep_points(directory: str) -> tuple[list, dict]:
+  """(swept fields, {point id: its swept values}) of the sweep.json in `directory` (empty if
+  none)."""
+  sweep = files.read_json(os.path.join(directory, 'sweep.json'))
   if not isinstance(sweep, dict):
-    return '', ()
-  point = next((p for p in sweep.get('points', ()) if isinstance(p, dict) and
-                p.get('id') == os.path.basename(os.path.normpath(run))), None)
-  fields = [f for f in sweep.get('fields', ()) if point and f in point.get('overrides', {})]
+    return [], {}
+  return list(sweep.get('fields', ())), {
+      p['id']: p.get('overrides', {}) for p in sweep.get('points', ())
+      if isinstance(p, dict) and 'id' in p}
+
+
+def _swept_values(run: str, sweeps: dict) -> tuple[str, tuple]:
+  """('field=value ...', sort key) of a sweep's point from its sweep.json; ('', ()) otherwise.
+  `sweeps` caches each directory's points."""
+  parent = os.path.dirname(os.path.abspath(run))
+  if parent not in sweeps:
+    sweeps[parent] = _sweep_points(parent)
+  fields, points = sweeps[parent]
+  overrides = points.get(os.path.basename(os.path.normpath(run)), {})
+  fields = [f for f in fields if f in overrides]
   if not fields:
     return '', ()
-  values = [point['overrides'][f] for f in fields]
+  values = [overrides[f] for f in fields]
   label = ' '.join(f'{f.split(".")[-1]}={v:g}' if isinstance(v, float) else
                    f'{f.split(".")[-1]}={v}' for f, v in zip(fields, values))
   return label, tuple((isinstance(v, str), v) for v in values)
