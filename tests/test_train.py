@@ -313,6 +313,16 @@ def test_resume_after_sigkill_is_exact(tmp_path, data_dir):
   assert step_a == step_b == 16
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)  # bitwise
+
+  # Another batch size would read other slots of the data order: refused, the run left intact.
+  smaller = subprocess.run(train_command(whole, data_dir, '--config.train.num_steps=20',
+                                         '--config.data.batch_size=2'),
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert smaller.returncode == 2, smaller.stderr[-2000:]
+  assert smaller.stderr.count('\n') == 1 and 'Traceback' not in smaller.stderr
+  assert ('--config.data.batch_size=2: the run in' in smaller.stderr
+          and 'resume with data.batch_size=4' in smaller.stderr), smaller.stderr
+  assert restored_params(whole)[0] == 16
   assert loss_curve(killed) == loss_curve(whole)
   assert sorted(loss_curve(whole)) == list(range(2, 17, 2))
 

@@ -308,6 +308,11 @@ def _position_data(train_iter, data_state: Any, workdir: str, step: int, batch_s
       _print(f'note: the data position saved at step {step} is of an earlier version of the '
              'data pipeline (one per process); the data is read from the start of its order')
     return
+  saved = data_state.get('batch_size', batch_size)
+  if saved != batch_size:  # a smaller batch would silently skip the other slots' documents
+    raise ConfigError(f'--config.data.batch_size={batch_size}: the run in --workdir={workdir} '
+                      f'reads its data in {saved} slots (data.batch_size={saved} at step '
+                      f'{step}); resume with data.batch_size={saved}, or use another --workdir')
   index, count = jax.process_index(), jax.process_count()
   try:
     train_iter.set_state(pipeline.host_position(data_state['position'],
