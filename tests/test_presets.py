@@ -68,6 +68,21 @@ def test_bert_parameter_counts(size):
   assert encoder_and_pooler == BERT_WITH_POOLER[size]
 
 
+# Hugging Face's LlamaForCausalLM of each published model (untied output, no biases).
+LLAMA = {'llama2-7b': 6_738_415_616, 'llama2-13b': 13_015_864_320, 'llama2-70b': 68_976_648_192,
+         'llama3-8b': 8_030_261_248}
+
+
+@pytest.mark.parametrize('size', sorted(LLAMA))
+def test_llama_parameter_counts(size):
+  cfg, _ = cfg_of('decoder_only', size)
+  assert counting.param_counts(cfg)['params'] == LLAMA[size]
+  # Per block: q and out (d x d), k and v (d x K H each), SwiGLU's three d x F, two RMSNorms.
+  L, d, F, V = cfg.num_layers, cfg.d_model, cfg.d_ff, cfg.vocab_size
+  kv = cfg.num_kv_heads * cfg.head_dim
+  assert LLAMA[size] == L * (2 * d * d + 2 * d * kv + 3 * d * F + 2 * d) + d + 2 * V * d
+
+
 @pytest.mark.parametrize('size', sorted(TRANSFORMER))
 def test_transformer_parameter_counts(size):
   cfg, _ = cfg_of('encoder_decoder', size)

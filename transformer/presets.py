@@ -57,6 +57,14 @@ def _paper(d_model: int) -> dict:
       train=dict(label_smoothing=0.1, num_steps=100_000))
 
 
+# Llama's decoder (Touvron et al. 2023): pre-RMSNorm, SwiGLU, RoPE, grouped-query attention, no
+# biases, untied output projection, no dropout.
+def _llama(num_kv_heads: int, norm_eps: float = 1e-5, rope_base: float = 10000.0) -> dict:
+  return dict(model=dict(
+      position='rope', rope_base=rope_base, activation='swiglu', norm='rmsnorm', norm_eps=norm_eps,
+      pre_norm=True, use_bias=False, tie_embeddings=False, num_kv_heads=num_kv_heads))
+
+
 SIZES = {
     # Any family, byte vocabulary: for tests, laptops and Colab CPU runtimes.
     'tiny': Size(None, 2, 64, 4, 256, max_len=256, seq_len=64),
@@ -75,6 +83,16 @@ SIZES = {
     'gpt2-medium': Size('decoder_only', 24, 1024, 16, 4096, 50257, 1024, 1024),
     'gpt2-large': Size('decoder_only', 36, 1280, 20, 5120, 50257, 1024, 1024),
     'gpt2-xl': Size('decoder_only', 48, 1600, 25, 6400, 50257, 1024, 1024),
+    # Llama-style decoders: byte vocabulary (d_ff about 8/3 d_model, as Llama's), then the
+    # published shapes of Llama 2 (32000-token vocabulary, 4096 positions) and Llama 3 8B.
+    'llama-tiny': Size('decoder_only', 2, 64, 4, 176, 256, 256, 64, 0.0, _llama(2)),
+    'llama-mini': Size('decoder_only', 4, 256, 4, 704, 256, 512, 256, 0.0, _llama(2)),
+    'llama-small': Size('decoder_only', 6, 384, 6, 1024, 256, 512, 256, 0.0, _llama(2)),
+    'llama2-7b': Size('decoder_only', 32, 4096, 32, 11008, 32000, 4096, 4096, 0.0, _llama(32)),
+    'llama2-13b': Size('decoder_only', 40, 5120, 40, 13824, 32000, 4096, 4096, 0.0, _llama(40)),
+    'llama2-70b': Size('decoder_only', 80, 8192, 64, 28672, 32000, 4096, 4096, 0.0, _llama(8)),
+    'llama3-8b': Size('decoder_only', 32, 4096, 32, 14336, 128256, 8192, 8192, 0.0,
+                      _llama(8, rope_base=500000.0)),
 }
 
 
