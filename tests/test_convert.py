@@ -69,6 +69,15 @@ def marian(**overrides):
   return _randomise(transformers.MarianMTModel(config), 2)
 
 
+def llama(model_type='llama', **overrides):
+  """Llama (or Mistral): grouped-query attention, 2 key/value heads for 4 query heads."""
+  cfg = dict(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+             intermediate_size=64, max_position_embeddings=64, vocab_size=V, rms_norm_eps=1e-5,
+             bos_token_id=EOS, eos_token_id=EOS, pad_token_id=EOS)
+  config = transformers.AutoConfig.for_model(model_type, **{**cfg, **overrides})
+  return _randomise(transformers.AutoModelForCausalLM.from_config(config), 3)
+
+
 def saved(model, path) -> str:
   model.save_pretrained(path)
   return str(path)
@@ -99,6 +108,30 @@ def test_gpt2_logits_match(tmp_path, tied):
   hf = gpt2(tie_word_embeddings=tied)
   _, model, params = ours(saved(hf, tmp_path))
   tokens, mask = padded_batch(0)
+  with torch.no_grad():
+    theirs = hf(torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64))).logits
+  logits = model.apply({'params': params}, jnp.asarray(tokens),
+                       segment_ids=jnp.asarray(mask.astype(np.int32)))
+  assert_close_where(logits, theirs.numpy(), mask)
+
+
+@pytest.mark.parametrize('model_type,overrides', [
+    ('llama', {}),
+    ('llama', dict(tie_word_embeddings=True, attention_bias=True, mlp_bias=True)),
+    ('llama', dict(num_key_value_heads=4, rope_parameters=dict(rope_type='default',
+                                                               rope_theta=500000.0))),
+    ('mistral', dict(num_key_value_heads=1, sliding_window=None)),  # multi-query attention
+    ('qwen2', dict(tie_word_embeddings=True)),
+])
+def test_llama_logits_match(tmp_path, model_type, overrides):
+  hf = llama(model_type, **overrides)
+  cfg, model, params = ours(saved(hf, tmp_path))
+  assert (cfg.num_kv_heads, cfg.tie_embeddings, cfg.use_bias) == (
+      hf.config.num_key_value_heads, hf.config.tie_word_embeddings,
+      getattr(hf.config, 'attention_bias', False))
+  assert cfg.qkv_bias == (True if model_type == 'qwen2' else None)
+  assert cfg.rope_base == hf.config.rope_parameters['rope_theta']
+  tokens, mask = padded_batch(4, lengths=(40, 9, 3))  # right-padded: positions from 0 on both
   with torch.no_grad():
     theirs = hf(torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64))).logits
   logits = model.apply({'params': params}, jnp.asarray(tokens),
@@ -178,8 +211,9 @@ def _cut(row, eos):
   return row[:row.index(eos) + 1] if eos in row else row
 
 
-def test_gpt2_greedy_generation_matches(tmp_path):
-  hf = gpt2()
+@pytest.mark.parametrize('make', [gpt2, llama], ids=['gpt2', 'llama'])
+def test_greedy_generation_matches(tmp_path, make):
+  hf = make()
   _, model, params = ours(saved(hf, tmp_path))
   prompts = [[5, 17, 33, 2, 9], [40, 41], [7, 7, 7, 60, 61, 62, 3]]
   new = 10
@@ -329,7 +363,8 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path):
   unsupported.mkdir()
   (unsupported / 'config.json').write_text(json.dumps({'model_type': 't5'}))
   _one_line_exit_2(_command('transformer.convert', f'--from={unsupported}', f'--to={run}'),
-                   r"model_type='t5' .* not supported; supported: gpt2, bert, marian")
+                   r"model_type='t5' .* not supported; supported: gpt2, bert, marian, llama, "
+                   r"mistral, qwen2")
 
   # The rest in this process (the command adds nothing but the line and the exit code).
   def refused(source, to, pattern, overwrite=False):
@@ -369,6 +404,28 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path):
   done = _command('transformer.convert', f'--from={good}', f'--to={run}', '--overwrite')
   assert done.returncode == 0 and 'gpt2 as decoder_only (lm head)' in done.stdout, done.stderr
   assert sorted(os.listdir(run)) == ['checkpoints', 'config.json']
+
+
+@pytest.mark.parametrize('change,pattern', [
+    (dict(rope_parameters=dict(rope_type='llama3', rope_theta=5e5, factor=8.0)),
+     r"rope_type='llama3' is not supported \(supported: default"),
+    (dict(model_type='mistral', sliding_window=16),
+     r'sliding_window=16 is shorter than max_position_embeddings=64; supported: full causal'),
+    (dict(head_dim=16), r'head_dim=16 is not supported \(head_dim = hidden_size / '
+                        r'num_attention_heads = 8\)'),
+    (dict(attention_bias=True), r'attention_bias=True and mlp_bias=False differ'),
+    (dict(hidden_act='gelu'), r"hidden_act='gelu' is not supported \(SwiGLU: silu\)"),
+])
+def test_llama_options_we_cannot_express_are_refused(tmp_path, change, pattern):
+  directory = saved(llama(), tmp_path)
+  path = os.path.join(directory, 'config.json')
+  with open(path) as f:
+    hf_config = json.load(f)
+  with open(path, 'w') as f:
+    json.dump({**hf_config, **change}, f)
+  with pytest.raises(ConfigError, match=pattern) as error:
+    convert.convert_checkpoint(directory)
+  assert '\n' not in str(error.value)
 
 
 def marian_tokenizer(path) -> 'transformers.MarianTokenizer':

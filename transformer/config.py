@@ -143,6 +143,8 @@ class ModelConfig(_Section):
                           'add (each family style sets its reference model\'s 0.1)')
   attention_dropout: float = _field(0.0, 'on attention weights (einsum attention only)')
   use_bias: bool = _field(True, 'biases in attention and feed-forward projections')
+  qkv_bias: bool | None = _field(None, 'biases on the query, key and value projections (Qwen2: '
+                                 'there but nowhere else); None = use_bias')
   logits_bias: bool = _field(False, 'a bias on the output logits (the masked-LM head always has '
                              'one)')
   tie_embeddings: bool = _field(True, 'output projection = input embedding table (transposed)')

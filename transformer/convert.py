@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints (GPT-2, BERT, Marian) as runs of ours.
+"""Hugging Face checkpoints (GPT-2, BERT, Marian, Llama/Mistral/Qwen2) as runs of ours.
 
   python -m transformer.convert --from=gpt2 --to=runs/gpt2             # a model name: downloads
   python -m transformer.convert --from=DIR --to=runs/bert               # a saved model, offline

@@ -1,5 +1,5 @@
-"""Hugging Face checkpoints as runs of ours: GPT-2, BERT and Marian (the paper's translation model)
-(`python -m transformer.convert` runs `convert`).
+"""Hugging Face checkpoints as runs of ours: GPT-2, BERT, Marian (the paper's translation model)
+and Llama (with Mistral and Qwen2) (`python -m transformer.convert` runs `convert`).
 
 DIR is what `save_pretrained` writes: config.json and model.safetensors (or a sharded
 model-*.safetensors with its index, or pytorch_model.bin, read by torch with
@@ -13,11 +13,12 @@ like any trained run; fine-tune it with
 
 Supported (config.json's model_type): gpt2 (GPT2LMHeadModel, GPT2Model); bert (BertForMaskedLM,
 BertForPreTraining, BertModel with --head=classify, BertForSequenceClassification); marian
-(MarianMTModel). The logits equal the Hugging Face model's within float32 rounding
-(tests/test_convert.py). Anything else - another architecture, a missing file, weights whose
-shapes disagree with config.json, a weight we would not use - ends with one line and exit
-code 2, and nothing under --to is written: the run is assembled beside it and moved into
-place only when complete.
+(MarianMTModel); llama, mistral, qwen2 (LlamaForCausalLM and the like: RoPE without rescaling,
+no sliding window shorter than the model's positions). The logits equal the Hugging Face
+model's within float32 rounding (tests/test_convert.py). Anything else - another architecture,
+a missing file, weights whose shapes disagree with config.json, a weight we would not use -
+ends with one line and exit code 2, and nothing under --to is written: the run is assembled
+beside it and moved into place only when complete.
 """
 
 import json
@@ -41,7 +42,7 @@ HF_ACTIVATIONS = {  # Hugging Face's names (ACT2FN) -> our model.activation
 }
 TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
                    'vocab.json', 'merges.txt', 'vocab.txt', 'source.spm', 'target.spm',
-                   'added_tokens.json')
+                   'added_tokens.json', 'tokenizer.model')
 
 
 def _fail(message: str):
@@ -139,7 +140,7 @@ def download(name: str) -> str:
   return directory
 
 
-# --- the three architectures ---------------------------------------------------------------------
+# --- the architectures ---------------------------------------------------------------------------
 
 
 def _activation(hf: dict, key: str) -> str:
@@ -220,6 +221,50 @@ def marian_model(hf: dict, head: str) -> dict:
       share_embeddings=hf.get('share_encoder_decoder_embeddings', True),
       scale_embeddings=bool(hf.get('scale_embedding', False)),
       init_std=hf.get('init_std', 0.02))
+
+
+def _rope_base(hf: dict) -> float:
+  """RoPE's base: transformers 5 writes rope_parameters, earlier versions rope_theta and
+  rope_scaling; only the plain rotation (no long-context rescaling) is supported."""
+  rope = dict(hf.get('rope_parameters') or {})
+  scaling = hf.get('rope_scaling') or {}
+  kind = rope.get('rope_type', scaling.get('rope_type', scaling.get('type', 'default')))
+  if kind != 'default':
+    _fail(f'config.json: rope_type={kind!r} is not supported (supported: default, the plain '
+          'rotation)')
+  return float(rope.get('rope_theta', hf.get('rope_theta', 10000.0)))
+
+
+def llama_model(hf: dict, head: str) -> dict:
+  """Llama, and Mistral and Qwen2, which differ from it only in options (Mistral: a sliding
+  window, here only one that never slides; Qwen2: biases on query, key and value only)."""
+  if head not in ('auto', 'lm'):
+    _fail(f'--head={head} is invalid for {hf["model_type"]}: it has the lm head')
+  D, N = hf['hidden_size'], hf['num_attention_heads']
+  _require(hf, 'head_dim', lambda v: v in (None, D // N), f'head_dim = hidden_size / '
+           f'num_attention_heads = {D // N}')
+  _require(hf, 'hidden_act', lambda v: v in ('silu', 'swish'), 'SwiGLU: silu', 'silu')
+  _require(hf, 'pretraining_tp', lambda v: v in (None, 1), 'one tensor-parallel slice')
+  if hf.get('attention_bias', False) != hf.get('mlp_bias', False):
+    _fail(f'config.json: attention_bias={hf.get("attention_bias")} and mlp_bias='
+          f'{hf.get("mlp_bias")} differ; supported: both (model.use_bias) or neither')
+  window = hf.get('sliding_window')
+  if window is not None and hf.get('use_sliding_window', True) and (
+      window < hf['max_position_embeddings']):
+    _fail(f'config.json: sliding_window={window} is shorter than max_position_embeddings='
+          f'{hf["max_position_embeddings"]}; supported: full causal attention (no window, or '
+          'one at least as long as the model\'s positions)')
+  return dict(
+      family='decoder_only', head='lm', vocab_size=hf['vocab_size'],
+      max_len=hf['max_position_embeddings'], num_layers=hf['num_hidden_layers'], d_model=D,
+      num_heads=N, num_kv_heads=hf.get('num_key_value_heads') or N,
+      d_ff=hf['intermediate_size'], position='rope', rope_base=_rope_base(hf),
+      activation='swiglu', norm='rmsnorm', norm_eps=hf.get('rms_norm_eps', 1e-6), pre_norm=True,
+      embed_norm=False, dropout=0.0, attention_dropout=hf.get('attention_dropout', 0.0),
+      use_bias=bool(hf.get('attention_bias', False)), logits_bias=False,
+      qkv_bias=True if hf['model_type'] == 'qwen2' else None,  # Qwen2: there, and only there
+      tie_embeddings=hf.get('tie_word_embeddings', False), scale_embeddings=False,
+      init_std=hf.get('initializer_range', 0.02))
 
 
 class _Weights:
@@ -420,6 +465,34 @@ def marian_params(cfg: ModelConfig, w: _Weights) -> dict:
   return params
 
 
+def llama_params(cfg: ModelConfig, w: _Weights) -> dict:
+  D, F, V, H = cfg.d_model, cfg.d_ff, cfg.vocab_size, cfg.head_dim
+  N, K, bias = cfg.num_heads, cfg.num_kv_heads, cfg.use_bias
+  qkv_bias = bias if cfg.qkv_bias is None else cfg.qkv_bias
+  heads = lambda p, n: {name: a.reshape(D, n, H) if name == 'kernel' else a.reshape(n, H)
+                        for name, a in p.items()}
+  embedding = w.get('embed_tokens.weight', (V, D))
+  decoder = {'final_norm': {'scale': w.get('norm.weight', (D,))}}
+  for i in range(cfg.num_layers):
+    a, m = f'layers.{i}.self_attn', f'layers.{i}.mlp'
+    out = _linear(w, f'{a}.o_proj', N * H, D, bias)
+    decoder[f'layers_{i}'] = {
+        'attention': {'query': heads(_linear(w, f'{a}.q_proj', D, N * H, qkv_bias), N),
+                      'key': heads(_linear(w, f'{a}.k_proj', D, K * H, qkv_bias), K),
+                      'value': heads(_linear(w, f'{a}.v_proj', D, K * H, qkv_bias), K),
+                      'out': {**out, 'kernel': out['kernel'].reshape(N, H, D)}},
+        'attention_norm': {'scale': w.get(f'layers.{i}.input_layernorm.weight', (D,))},
+        'mlp_norm': {'scale': w.get(f'layers.{i}.post_attention_layernorm.weight', (D,))},
+        'mlp': {'wi': _linear(w, f'{m}.up_proj', D, F, bias),
+                'wi_gate': _linear(w, f'{m}.gate_proj', D, F, bias),
+                'wo': _linear(w, f'{m}.down_proj', F, D, bias)}}
+  params = {'embedder': {'embedding': embedding}, 'decoder': decoder}
+  lm_head = _unembed(cfg, w, 'lm_head.weight', embedding)
+  if lm_head:
+    params['lm_head'] = lm_head
+  return params
+
+
 # model_type -> (model section, parameters, name prefixes to strip, names to ignore)
 ARCHITECTURES = {
     'gpt2': (gpt2_model, gpt2_params, ('transformer.',),
@@ -428,6 +501,9 @@ ARCHITECTURES = {
              ('embeddings.position_ids', 'cls.seq_relationship.')),  # a buffer; NSP head
     'marian': (marian_model, marian_params, ('model.',),
                ('embed_positions.weight',)),  # sinusoids, recomputed (as Hugging Face does)
+    'llama': (llama_model, llama_params, ('model.',), ('.rotary_emb.inv_freq',)),  # a buffer
+    'mistral': (llama_model, llama_params, ('model.',), ('.rotary_emb.inv_freq',)),
+    'qwen2': (llama_model, llama_params, ('model.',), ('.rotary_emb.inv_freq',)),
 }
 
 

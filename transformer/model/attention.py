@@ -192,6 +192,7 @@ class MultiHeadAttention(nn.Module):
   position: str = 'none'
   rope_base: float = 10000.0
   use_bias: bool = True
+  qkv_bias: bool | None = None  # query, key and value projections; None: use_bias
   dropout_rate: float = 0.0
   impl: str = 'einsum'
   init_std: float = 0.02
@@ -201,8 +202,9 @@ class MultiHeadAttention(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
 
   def _project(self, name, x, shape, equation, kernel_axes, bias_axes, std):
+    bias = self.use_bias if name == 'out' or self.qkv_bias is None else self.qkv_bias
     return nn.Einsum(
-        shape, equation, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+        shape, equation, use_bias=bias, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.with_logical_partitioning(nn.initializers.normal(std), kernel_axes),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, bias_axes),
         name=name)(x)

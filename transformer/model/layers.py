@@ -103,7 +103,7 @@ class FeedForward(nn.Module):
 def attention(cfg: ModelConfig, num_layers: int, name: str, position: str) -> MultiHeadAttention:
   return MultiHeadAttention(
       num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
-      position=position, rope_base=cfg.rope_base, use_bias=cfg.use_bias,
+      position=position, rope_base=cfg.rope_base, use_bias=cfg.use_bias, qkv_bias=cfg.qkv_bias,
       dropout_rate=cfg.attention_dropout, impl=cfg.attention_impl,
       init_std=hidden_init_std(cfg, cfg.init_std),
       out_init_std=hidden_init_std(cfg, out_init_std(cfg, num_layers)),
