@@ -20,9 +20,10 @@ SKIP = "the interop extra is not installed: pip install -e '.[interop]'"
 torch = pytest.importorskip('torch', reason=SKIP)
 transformers = pytest.importorskip('transformers', reason=SKIP)
 
+from transformer import presets  # noqa: E402
 from transformer.config import Experiment, ModelConfig  # noqa: E402
 from transformer.errors import ConfigError  # noqa: E402
-from transformer.inference import convert  # noqa: E402
+from transformer.inference import convert, export  # noqa: E402
 from transformer.model import decode, models  # noqa: E402
 from transformer.training import finetune, runs  # noqa: E402
 
@@ -463,3 +464,123 @@ def test_marian_targets_are_encoded_with_the_target_vocabulary(tmp_path):
   assert row['inputs'].tolist() == hf(source)['input_ids']  # ... </s>
   assert row['targets'].tolist() == hf(text_target=target)['input_ids']
   assert row['decoder_inputs'].tolist() == [ours.pad_id] + row['targets'][:-1].tolist()
+
+
+# --- export: runs of ours as Hugging Face models -----------------------------------------------
+
+
+def _tensors(directory) -> dict:
+  from safetensors.numpy import load_file
+  return load_file(os.path.join(directory, 'model.safetensors'))
+
+
+@pytest.mark.parametrize('make', [
+    gpt2, lambda: gpt2(tie_word_embeddings=False), bert,
+    lambda: bert('BertForSequenceClassification'), marian, llama,
+    lambda: llama('llama', tie_word_embeddings=True, attention_bias=True, mlp_bias=True),
+    lambda: llama('qwen2')], ids=['gpt2', 'gpt2-untied', 'bert-mlm', 'bert-classify', 'marian',
+                                  'llama-gqa', 'llama-tied-biased', 'qwen2'])
+def test_export_round_trip_is_bitwise(tmp_path, make):
+  """Hugging Face -> ours -> Hugging Face: the same tensors bit for bit, under the same names,
+  and a model that loads with nothing missing or unexpected."""
+  hf = make()
+  source = saved(hf, tmp_path / 'hf')
+  convert.convert(source, str(tmp_path / 'run'))
+  summary = export.export(str(tmp_path / 'run'), str(tmp_path / 'back'))
+  before, after = _tensors(source), _tensors(tmp_path / 'back')
+  assert sorted(after) == sorted(before)
+  for name, array in before.items():
+    assert after[name].dtype == array.dtype and np.array_equal(after[name], array), name
+  assert summary['model_type'] == hf.config.model_type and summary['step'] == 0
+  back, info = type(hf).from_pretrained(tmp_path / 'back', output_loading_info=True)
+  assert not any(info[k] for k in ('missing_keys', 'unexpected_keys', 'mismatched_keys')), info
+  assert type(back.config) is type(hf.config)
+
+
+def _train(workdir, data_dir, family, size, **model):
+  from transformer import presets
+  from transformer.training import loop
+  config = presets.get_config(family, size)
+  config.model.update(model)
+  config.data.update(data_dir=data_dir, seq_len=32, batch_size=4, prefetch=0)
+  config.train.update(num_steps=3, log_every=3, eval_every=3, checkpoint_every=3,
+                      eval_batches=1, sample_tokens=0)
+  loop.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1])
+  return str(workdir)
+
+
+@pytest.mark.parametrize('family,size,model,hf_class', [
+    ('decoder_only', 'tiny', None, 'GPT2LMHeadModel'),  # the session's trained LM
+    # Three steps barely move a fresh model: a wider initialisation gives logits large enough
+    # for the tolerance to mean something (it changes the weights, not the function).
+    ('decoder_only', 'llama-tiny', dict(init_std=0.3), 'LlamaForCausalLM'),
+    ('encoder_only', 'tiny', dict(init_std=0.3), 'BertForMaskedLM'),
+])
+def test_a_model_trained_here_runs_in_transformers(tmp_path, data_dir, trained_lm, family, size,
+                                                   model, hf_class):
+  """Trained here, exported by the command, loaded by transformers: our logits within 1e-4."""
+  from transformer.inference import trained
+  run = trained_lm if model is None else _train(tmp_path / 'run', data_dir, family, size,
+                                                **model)
+  if model is None:  # the command once; in this process otherwise
+    done = _command('transformer.convert', '--to_hf', f'--from={run}', f'--to={tmp_path / "hf"}')
+    assert done.returncode == 0, done.stderr
+    assert f'as Hugging Face {hf_class}' in done.stdout and 'no tokenizer written' in done.stdout
+  else:
+    assert export.export(run, str(tmp_path / 'hf'))['architecture'] == hf_class
+  hf = getattr(transformers, hf_class).from_pretrained(tmp_path / 'hf').eval()
+  ours_run = trained.load(run)
+  tokens, mask = padded_batch(5, lengths=(30, 11, 4), vocab=250)
+  with torch.no_grad():
+    theirs = hf(torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64))).logits
+  logits = ours_run.model.apply({'params': ours_run.params}, jnp.asarray(tokens),
+                                segment_ids=jnp.asarray(mask.astype(np.int32)))
+  assert_close_where(logits, theirs.numpy(), mask)
+
+
+def test_export_refuses_what_hugging_face_cannot_express(tmp_path, trained_lm):
+  """One line naming the option, before any checkpoint is read; nothing written."""
+  def run_with(name, **model):
+    run = tmp_path / name
+    run.mkdir()
+    config = json.loads(open(os.path.join(trained_lm, 'config.json')).read())
+    config['model'].update(model)
+    (run / 'config.json').write_text(json.dumps(config))
+    return str(run)
+
+  out = tmp_path / 'hf'
+  done = _command('transformer.convert', '--to_hf', f'--from={run_with("alibi", position="alibi")}',
+                  f'--to={out}')
+  _one_line_exit_2(done, r"model.position='alibi' cannot be exported as Hugging Face gpt2, which "
+                         r"has position='learned' \(decoder_only runs with model.position=rope "
+                         r"are exported as llama\)")
+  for name, model, pattern in [
+      ('mup', dict(parametrization='mup'), r"model.parametrization='mup' cannot be exported as "
+                                           r"Hugging Face gpt2, which has parametrization='sp'"),
+      ('rmsnorm', dict(norm='rmsnorm'), r"model.norm='rmsnorm' .* gpt2, which has "
+                                        r"norm='layernorm'"),
+      ('swiglu', dict(activation='swiglu'), r"model.activation='swiglu' cannot be exported as "
+                                            r"Hugging Face gpt2 \(it has gelu, gelu_tanh, relu"),
+      ('rope-gelu', dict(position='rope'), r"model.activation='gelu_tanh' .* llama, which has "
+                                           r"activation='swiglu'"),
+      ('gqa-gpt2', dict(num_kv_heads=2), r'model.num_kv_heads=2 .* gpt2, which has num_kv_heads=4'),
+      # The paper's sinusoids are interleaved; Marian's are not.
+      ('enc-dec', dict(presets.get_config('encoder_decoder', 'tiny').model.to_dict()),
+       r"model.sinusoidal_layout='interleaved' cannot be exported as Hugging Face marian, which "
+       r"has sinusoidal_layout='concat'")]:
+    with pytest.raises(ConfigError, match=pattern) as error:
+      export.export(run_with(name, **model), str(out))
+    assert '\n' not in str(error.value)
+  assert not out.exists() and not [n for n in os.listdir(tmp_path) if 'exporting' in n]
+
+  out.mkdir()
+  (out / 'mine.txt').write_text('kept')
+  with pytest.raises(ConfigError, match='already exists and is not empty'):
+    export.export(trained_lm, str(out))
+  with pytest.raises(ConfigError, match=r'--step=7 has no checkpoint .* steps saved: 20, 40'):
+    export.export(trained_lm, str(out), step=7, overwrite=True)
+  assert os.listdir(out) == ['mine.txt']
+  with pytest.raises(ConfigError, match='overlap'):
+    export.export(trained_lm, os.path.join(trained_lm, 'hf'))
+  assert export.export(trained_lm, str(out), step=20, overwrite=True)['step'] == 20
+  assert sorted(os.listdir(out)) == ['config.json', 'model.safetensors']

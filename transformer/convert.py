@@ -1,9 +1,12 @@
-"""Hugging Face checkpoints (GPT-2, BERT, Marian, Llama/Mistral/Qwen2) as runs of ours.
+"""Hugging Face checkpoints (GPT-2, BERT, Marian, Llama/Mistral/Qwen2) as runs of ours, and
+runs of ours as Hugging Face models.
 
   python -m transformer.convert --from=gpt2 --to=runs/gpt2             # a model name: downloads
   python -m transformer.convert --from=DIR --to=runs/bert               # a saved model, offline
+  python -m transformer.convert --to_hf --from=runs/default --to=hf/default   # and back
 
---to receives config.json, the tokenizer and a checkpoint at step 0; `generate`, `viz` and
+With --to_hf, --to receives what save_pretrained writes (transformer/inference/export.py).
+Otherwise --to receives config.json, the tokenizer and a checkpoint at step 0; `generate`, `viz` and
 `ablation` read it like any trained run, and configs/finetune.py:RUN fine-tunes it
 (transformer/inference/convert.py). Anything unsupported ends with one line and exit code 2,
 and nothing under --to is written.
@@ -16,7 +19,7 @@ from absl import app, flags, logging as absl_logging
 
 from transformer import cli
 from transformer.errors import ConfigError
-from transformer.inference import convert
+from transformer.inference import convert, export
 
 
 def define_flags():
@@ -27,6 +30,9 @@ def define_flags():
                     'classifier; a checkpoint without a classifier gets none: fine-tune one); '
                     "auto: the checkpoint's")
   flags.DEFINE_bool('overwrite', False, 'replace a non-empty --to, once the conversion succeeded')
+  flags.DEFINE_bool('to_hf', False, 'the other way: --from is a run of ours, --to a Hugging Face '
+                    'save_pretrained directory (GPT-2, BERT, Marian, Llama or Qwen2)')
+  flags.DEFINE_integer('step', None, '--to_hf: the checkpoint to export (default: the newest)')
 
 
 def main(argv):
@@ -39,6 +45,20 @@ def main(argv):
     if not f[name].value:
       cli.fail(f'--{name} is required: python -m transformer.convert --from=DIR_OR_NAME '
                '--to=WORKDIR')
+  if f.to_hf:
+    if f['head'].present:
+      cli.fail('--head is for importing; an exported model keeps the run\'s head')
+    try:
+      summary = export.export(f['from'].value, f.to, f.step, f.overwrite)
+    except ConfigError as e:
+      cli.fail(str(e))
+    print(f'{summary["out"]}: step {summary["step"]} as Hugging Face {summary["architecture"]} '
+          f'({summary["params"]:,} parameters in {summary["tensors"]} tensors)'
+          + ('' if summary['tokenizer'] else '; no tokenizer written (the run\'s is not a '
+             'Hugging Face one)'))
+    return
+  if f['step'].present:
+    cli.fail('--step is for --to_hf (a converted run starts at step 0)')
   try:
     summary = convert.convert(f['from'].value, f.to, f.head, f.overwrite)
   except ConfigError as e:

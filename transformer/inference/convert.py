@@ -557,6 +557,8 @@ def experiment_config(fields: dict, hf: dict, tokenizer_dir: str | None):
   o.weight_decay, o.b2, o.clip_norm = 0.01, 0.999, 1.0
   config.pretrained = {'source': hf.get('_name_or_path', ''), 'model_type': hf['model_type'],
                        'architectures': list(hf.get('architectures') or [])}
+  if fields['head'] == 'classify' and hf.get('id2label'):  # the class names, for export
+    config.pretrained['labels'] = [str(hf['id2label'][k]) for k in sorted(hf['id2label'], key=int)]
   return config
 
 
