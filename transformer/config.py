@@ -40,6 +40,7 @@ TOKENIZERS = ('byte', 'sentencepiece', 'huggingface')
 SPM_TYPES = ('unigram', 'bpe')
 TEXT_UNITS = ('file', 'paragraph', 'line')  # a document of a plain-text file (data.text_unit)
 BLEU_TOKENIZERS = ('13a', 'intl', 'char', 'none')  # sacrebleu's
+WANDB_PROJECT_FORBIDDEN = '/\\#?%:'  # characters W&B refuses in a project name (at most 128)
 OPTIMIZERS = ('adamw', 'adafactor', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'linear', 'rsqrt')
 MESH_AXES = ('data', 'fsdp', 'tensor')
@@ -431,6 +432,11 @@ class TrainConfig(_Section):
       '', 'a run (e.g. written by transformer.convert) whose newest parameters start this one: '
       'fine-tuning (configs/finetune.py sets it). Parameters it lacks (a new head) start fresh; '
       'used only while --workdir has no checkpoint of its own')
+  wandb_project: str = _field(
+      '', 'a Weights & Biases project to log metrics.jsonl\'s records and config.json to (pip '
+      "install -e '.[wandb]'), from process 0, the files under WORKDIR/wandb; a resumed run "
+      "continues its W&B run. '' = off")
+  wandb_entity: str = _field('', '... in this W&B entity (user or team); \'\' = your default')
 
   def __post_init__(self):
     self._check_types()
@@ -445,6 +451,17 @@ class TrainConfig(_Section):
     self._one_of('bleu_tokenize', BLEU_TOKENIZERS)
     if not 0 <= self.label_smoothing < 1:
       self._fail('label_smoothing', 'must be in [0, 1)')
+    self._check_wandb()
+
+  def _check_wandb(self):
+    """What wandb.init would refuse, found before the run starts (W&B's rules, wandb 0.31)."""
+    found = sorted(set(self.wandb_project) & set(WANDB_PROJECT_FORBIDDEN))
+    if found or len(self.wandb_project) > 128:
+      self._fail('wandb_project', 'W&B project names have at most 128 characters, none of '
+                 f'{" ".join(WANDB_PROJECT_FORBIDDEN)}' + (
+                     f' (found {" ".join(found)})' if found else ''))
+    if self.wandb_entity and not self.wandb_project:
+      self._fail('wandb_entity', 'needs train.wandb_project (the project to log to)')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,9 +5,10 @@
 
 The run resumes from the newest readable checkpoint in DIR (parameters, optimizer state, data
 position and randomness: a resumed run is bitwise the run that never stopped). DIR receives
-config.json, metrics.jsonl, TensorBoard events, checkpoints/, and on finishing summary.json,
-loss.png (and sample.txt for language models). SIGTERM saves a checkpoint and exits with 143;
-a non-finite loss stops the run (exit 1) naming the step, leaving the last checkpoint intact.
+config.json, metrics.jsonl, TensorBoard events (with train.wandb_project, a W&B run too),
+checkpoints/, and on finishing summary.json, loss.png (and sample.txt for language models).
+SIGTERM saves a checkpoint and exits with 143; a non-finite loss stops the run (exit 1) naming
+the step, leaving the last checkpoint intact.
 The loop is transformer/training/loop.py.
 """
 

@@ -51,9 +51,10 @@ def validate(config: Any, num_devices: int | None = None) -> Experiment:
   """Every rule a run checks before it starts, without reading or compiling anything: each
   section's fields and the rules between them (`Experiment`), what the dataset holds
   (`pipeline.check_data`) and, given `num_devices`, the mesh on that many devices
-  (`sharding.mesh_shape`)."""
+  (`sharding.mesh_shape`); that train.wandb_project's package is installed."""
   experiment = Experiment.from_config(config)
   pipeline.check_data(experiment)
+  metrics.check_wandb(experiment.train.wandb_project)
   if num_devices is not None:
     sharding.mesh_shape(experiment, num_devices)
   return experiment
@@ -280,9 +281,10 @@ def start(run: Run, stack: contextlib.ExitStack) -> tuple[Any, Progress]:
                         last_train=meta.get('last_train') or {})
     state = run.par.restore(saved_state)
   progress.stop = stack.enter_context(_sigterm_flag())
-  progress.writer = metrics.MetricWriter(run.workdir, resume_step=progress.step,
-                                         enabled=_is_main())
-  stack.callback(progress.writer.close)
+  progress.writer = stack.enter_context(metrics.MetricWriter(
+      run.workdir, resume_step=progress.step, enabled=_is_main(),
+      wandb_project=exp.train.wandb_project, wandb_entity=exp.train.wandb_entity,
+      config=exp.to_dict()))
   return state, progress
 
 

@@ -1,8 +1,10 @@
-"""Metric records: WORKDIR/metrics.jsonl (one JSON object per logged step) and TensorBoard
-event files (tensorboardX: no TensorFlow). Only process 0 writes.
+"""Metric records: WORKDIR/metrics.jsonl (one JSON object per logged step), TensorBoard event
+files (tensorboardX: no TensorFlow) and, with train.wandb_project, a Weights & Biases run (its
+files under WORKDIR/wandb). Only process 0 writes.
 
 On resume from step S, records of steps after S (written before an interruption) are dropped,
-so the files hold one curve, as if the run had never stopped.
+so the files hold one curve, as if the run had never stopped; the W&B run resumed is the one
+whose id WORKDIR/wandb_run_id holds.
 """
 
 import json
@@ -12,6 +14,9 @@ import sys
 from typing import Any
 
 from transformer import files
+from transformer.errors import ConfigError, Interrupted
+
+WANDB_ID_FILE = 'wandb_run_id'
 
 
 def _clean(value: Any) -> Any:
@@ -22,10 +27,15 @@ def _clean(value: Any) -> Any:
 
 
 class MetricWriter:
-  def __init__(self, workdir: str, *, resume_step: int = 0, enabled: bool = True):
+  """The metric files of a run, and its W&B run when `wandb_project` is set (`config`: the
+  run's config.json, W&B's run config). A context manager: leaving it on an exception marks the
+  W&B run failed."""
+
+  def __init__(self, workdir: str, *, resume_step: int = 0, enabled: bool = True,
+               wandb_project: str = '', wandb_entity: str = '', config: dict | None = None):
     self.enabled = enabled
     self.path = os.path.join(workdir, 'metrics.jsonl')
-    self._tb = None
+    self._tb = self._wandb = None
     if not enabled:
       return
     kept = [r for r in files.read_jsonl(self.path) if r['step'] <= resume_step]
@@ -33,6 +43,13 @@ class MetricWriter:
     # purge_step: TensorBoard discards events at or after it (left by an interrupted run).
     self._tb = _summary_writer_class()(os.path.join(workdir, 'tensorboard'),
                              purge_step=resume_step + 1 if resume_step else None)
+    if wandb_project:
+      try:
+        self._wandb = _start_wandb(workdir, wandb_project, wandb_entity, config or {},
+                                   resumed=resume_step > 0)
+      except BaseException:
+        self.close()
+        raise
 
   def write(self, step: int, metrics: dict[str, Any]):
     if not self.enabled:
@@ -44,10 +61,59 @@ class MetricWriter:
       if key != 'step' and isinstance(value, (int, float)):
         self._tb.add_scalar(key, value, step)
     self._tb.flush()
+    # W&B refuses steps below those it holds (a resumed run's, logged before an interruption)
+    if self._wandb is not None and step >= self._wandb.starting_step:
+      self._wandb.log({k: float(v) if hasattr(v, 'item') else v for k, v in metrics.items()},
+                      step=int(step))
 
-  def close(self):
+  def close(self, exit_code: int = 0):
     if self._tb is not None:
       self._tb.close()
+    if self._wandb is not None:
+      self._wandb.finish(exit_code=exit_code)
+      self._wandb = None
+
+  def __enter__(self) -> 'MetricWriter':
+    return self
+
+  def __exit__(self, kind, error, traceback):
+    self.close(0 if error is None else 143 if isinstance(error, Interrupted) else 1)
+
+
+def check_wandb(project: str):
+  """train.wandb_project needs the optional wandb package: checked before anything compiles or
+  is written, on every process (one without it would otherwise wait for the others forever)."""
+  if not project:
+    return
+  try:
+    import wandb  # noqa: F401
+  except ImportError as e:
+    raise ConfigError(f'train.wandb_project={project!r} needs Weights & Biases, which cannot be '
+                      f"imported ({e}): pip install -e '.[wandb]'") from None
+
+
+def _start_wandb(workdir: str, project: str, entity: str, config: dict, resumed: bool):
+  """A W&B run named after the workdir, its files under WORKDIR/wandb. A run resumed from a
+  checkpoint continues the W&B run whose id WORKDIR/wandb_run_id holds; a fresh start begins a
+  new one, as metrics.jsonl starts over."""
+  import wandb
+  id_path = os.path.join(workdir, WANDB_ID_FILE)
+  run_id = None
+  if resumed and os.path.exists(id_path):
+    with open(id_path) as f:
+      run_id = f.read().strip() or None
+  try:
+    run = wandb.init(project=project, entity=entity or None, dir=workdir, config=config,
+                     name=os.path.basename(os.path.abspath(workdir)), id=run_id, resume='allow')
+  except wandb.errors.Error as e:  # not logged in, no network, no access to the entity...
+    reason = ' '.join(str(e).split()).rstrip('.')
+    raise ConfigError(f'train.wandb_project={project!r}: W&B could not start a run: {reason}; '
+                      'run `wandb login`, or set WANDB_MODE=offline and `wandb sync` later'
+                      ) from None
+  if run_id:  # the config as config.json has it now (num_steps raised, say), not as it was
+    run.config.update(config, allow_val_change=True)
+  files.atomic_write(id_path, run.id + '\n')
+  return run
 
 
 def _summary_writer_class():
