@@ -476,10 +476,11 @@ def _tensors(directory) -> dict:
 
 @pytest.mark.parametrize('make', [
     gpt2, lambda: gpt2(tie_word_embeddings=False), bert,
-    lambda: bert('BertForSequenceClassification'), marian, llama,
+    lambda: bert('BertForSequenceClassification'), marian,
+    lambda: marian(share_encoder_decoder_embeddings=False), llama,
     lambda: llama('llama', tie_word_embeddings=True, attention_bias=True, mlp_bias=True),
     lambda: llama('qwen2')], ids=['gpt2', 'gpt2-untied', 'bert-mlm', 'bert-classify', 'marian',
-                                  'llama-gqa', 'llama-tied-biased', 'qwen2'])
+                                  'marian-unshared', 'llama-gqa', 'llama-tied-biased', 'qwen2'])
 def test_export_round_trip_is_bitwise(tmp_path, make):
   """Hugging Face -> ours -> Hugging Face: the same tensors bit for bit, under the same names,
   and a model that loads with nothing missing or unexpected."""

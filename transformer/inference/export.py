@@ -219,10 +219,10 @@ def bert_tensors(cfg: ModelConfig, params: dict) -> dict:
 def marian_tensors(cfg: ModelConfig, params: dict) -> dict:
   t = {}
   if cfg.share_embeddings:
-    t['model.shared.weight'] = target_table = params['embedder']['embedding']
+    t['model.shared.weight'] = params['embedder']['embedding']
   else:
     t['model.encoder.embed_tokens.weight'] = params['source_embedder']['embedding']
-    t['model.decoder.embed_tokens.weight'] = target_table = params['target_embedder']['embedding']
+    t['model.decoder.embed_tokens.weight'] = params['target_embedder']['embedding']
   names = lambda p: tuple(f'{p}.{n}_proj' for n in ('q', 'k', 'v', 'out'))
   mlp = lambda layer, p: {**_linear(layer['mlp']['wi'], f'{p}.fc1'),
                           **_linear(layer['mlp']['wo'], f'{p}.fc2')}
@@ -244,10 +244,8 @@ def marian_tensors(cfg: ModelConfig, params: dict) -> dict:
   # Marian always has a logit bias: zeros compute the same as none.
   bias = np.asarray(head['bias']) if 'bias' in head else np.zeros(cfg.vocab_size, np.float32)
   t['final_logits_bias'] = bias[None, :]
-  if not cfg.tie_embeddings:
+  if not cfg.tie_embeddings:  # tied: the target embeddings, which save_pretrained omits
     t['lm_head.weight'] = np.asarray(head['kernel']).T
-  elif not cfg.share_embeddings:
-    t['lm_head.weight'] = target_table
   return t
 
 
