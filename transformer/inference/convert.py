@@ -607,16 +607,47 @@ def _check_params(cfg: ModelConfig, params: dict):
       raise AssertionError(f'converted parameter {mismatch[0]} is missing or misshapen')
 
 
+def check_destination(out: str, overwrite: bool, what: str):
+  """--to must be new or empty, unless --overwrite (which replaces it only after success)."""
+  if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)) and not overwrite:
+    _fail(f'--to={out} already exists and is not empty; choose a new directory, or pass '
+          f'--overwrite to replace it once the {what} has succeeded')
+
+
+def write_beside(out: str, write: Callable[[str], None], label: str):
+  """Calls write(DIR) for a DIR that does not exist yet, beside `out`, then moves DIR into place:
+  an existing `out` is replaced only once DIR is complete (and put back if the move fails), and
+  nothing half-written is left (the staging directory .NAME.LABEL-* goes in every case)."""
+  parent = os.path.dirname(out)
+  try:
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(out)}.{label}-', dir=parent)
+  except OSError as e:
+    _fail(f'--to={out}: cannot write in {parent} ({e.strerror or e})')
+  try:
+    new, old = os.path.join(staging, 'new'), os.path.join(staging, 'old')
+    write(new)
+    if os.path.exists(out):
+      os.rename(out, old)
+    try:
+      os.rename(new, out)
+    except OSError:
+      if os.path.exists(old):
+        os.rename(old, out)  # the previous one back before the staging area goes
+      raise
+  except OSError as e:  # a full disk, say
+    _fail(f'--to={out}: writing failed ({first_line(e, 200)}); nothing was replaced')
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
 def convert(source: str, workdir: str, head: str = 'auto', overwrite: bool = False) -> dict:
   """Converts `source` (a directory, or a Hub model name) into a run in `workdir`; returns its
   summary. Raises ConfigError (nothing written) on anything unsupported."""
   if head not in HEADS:
     _fail(f'--head={head} is invalid: must be one of {", ".join(HEADS)}')
   workdir = os.path.abspath(workdir)
-  if os.path.exists(workdir) and (not os.path.isdir(workdir) or os.listdir(workdir)):
-    if not overwrite:
-      _fail(f'--to={workdir} already exists and is not empty; choose a new directory, or pass '
-            '--overwrite to replace it once the conversion has succeeded')
+  check_destination(workdir, overwrite, 'conversion')
   directory = source if os.path.isdir(source) else download(source)
   inside = os.path.commonpath([workdir, os.path.abspath(directory)]) == workdir
   if inside:
@@ -626,30 +657,11 @@ def convert(source: str, workdir: str, head: str = 'auto', overwrite: bool = Fal
   if not hf.get('_name_or_path'):
     hf['_name_or_path'] = source
   tokenizer = read_tokenizer(directory)
-  parent = os.path.dirname(workdir)
-  try:
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(workdir)}.converting-', dir=parent)
-  except OSError as e:
-    _fail(f'--to={workdir}: cannot write in {parent} ({e.strerror or e})')
-  try:
-    run_dir = os.path.join(staging, 'run')
-    experiment = Experiment.from_config(experiment_config(
-        fields, hf, os.path.join(workdir, 'tokenizer') if tokenizer else None))
-    cfg = experiment.model
-    _check_params(cfg, params)
-    write_run(run_dir, experiment, params, tokenizer)
-    old = os.path.join(staging, 'old')
-    if os.path.exists(workdir):  # replaced only now, when the new run is complete
-      os.rename(workdir, old)
-    try:
-      os.rename(run_dir, workdir)
-    except OSError:
-      if os.path.exists(old):
-        os.rename(old, workdir)  # put the previous run back before the staging area goes
-      raise
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+  experiment = Experiment.from_config(experiment_config(
+      fields, hf, os.path.join(workdir, 'tokenizer') if tokenizer else None))
+  cfg = experiment.model
+  _check_params(cfg, params)
+  write_beside(workdir, lambda new: write_run(new, experiment, params, tokenizer), 'converting')
   return dict(workdir=workdir, model_type=hf['model_type'], family=fields['family'],
               head=fields['head'], params=counting.param_counts(cfg)['params'],
               tokenizer=bool(tokenizer), **notes)

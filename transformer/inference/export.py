@@ -17,14 +17,12 @@ unless the export succeeds (assembled beside it, then moved into place).
 
 import dataclasses
 import os
-import shutil
-import tempfile
 
 import numpy as np
 
 from transformer.config import ModelConfig
 from transformer.data import pipeline, tokenizers
-from transformer.errors import ConfigError, first_line
+from transformer.errors import ConfigError
 from transformer.inference import convert, trained
 from transformer.model import models
 from transformer.training import runs
@@ -358,9 +356,7 @@ def export(workdir: str, out: str, step: int | None = None, overwrite: bool = Fa
   except ImportError:
     _fail("--to_hf needs transformers and safetensors (pip install -e '.[interop]')")
   out = os.path.abspath(out)
-  if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)) and not overwrite:
-    _fail(f'--to={out} already exists and is not empty; choose a new directory, or pass '
-          '--overwrite to replace it once the export has succeeded')
+  convert.check_destination(out, overwrite, 'export')
   if os.path.commonpath([out, os.path.abspath(workdir)]) in (out, os.path.abspath(workdir)):
     _fail(f'--to={out} and --from={workdir} overlap; choose a directory outside the run')
   experiment = runs.read_experiment(workdir)
@@ -376,33 +372,16 @@ def export(workdir: str, out: str, step: int | None = None, overwrite: bool = Fa
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
   tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in tensors_fn(cfg, params).items()}
   tokenizer = _hf_tokenizer(run)
-  parent = os.path.dirname(out)
-  try:
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f'.{os.path.basename(out)}.exporting-', dir=parent)
-  except OSError as e:
-    _fail(f'--to={out}: cannot write in {parent} ({e.strerror or e})')
-  try:
-    directory = os.path.join(staging, 'hf')
-    hf_config = transformers.AutoConfig.for_model(model_type, **hf)
-    hf_config.dtype = 'float32'
+  hf_config = transformers.AutoConfig.for_model(model_type, **hf)
+  hf_config.dtype = 'float32'
+
+  def write(directory):
     hf_config.save_pretrained(directory)
     save_file(tensors, os.path.join(directory, 'model.safetensors'), metadata={'format': 'pt'})
     if tokenizer is not None:
       tokenizer.save_pretrained(directory)
-    old = os.path.join(staging, 'old')
-    if os.path.exists(out):  # replaced only now, when the export is complete
-      os.rename(out, old)
-    try:
-      os.rename(directory, out)
-    except OSError:
-      if os.path.exists(old):
-        os.rename(old, out)
-      raise
-  except OSError as e:
-    _fail(f'--to={out}: writing failed ({first_line(e, 200)}); nothing was replaced')
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+
+  convert.write_beside(out, write, 'exporting')
   return dict(out=out, model_type=model_type, architecture=hf['architectures'][0],
               step=run.step, tensors=len(tensors),
               params=int(sum(v.size for v in tensors.values())), tokenizer=tokenizer is not None)
