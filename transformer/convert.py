@@ -45,24 +45,23 @@ def main(argv):
     if not f[name].value:
       cli.fail(f'--{name} is required: python -m transformer.convert --from=DIR_OR_NAME '
                '--to=WORKDIR')
-  if f.to_hf:
-    if f['head'].present:
-      cli.fail('--head is for importing; an exported model keeps the run\'s head')
-    try:
+  if f.to_hf and f['head'].present:
+    cli.fail('--head is for importing; an exported model keeps the run\'s head')
+  if f['step'].present and not f.to_hf:
+    cli.fail('--step is for --to_hf (a converted run starts at step 0)')
+  try:
+    if f.to_hf:
       summary = export.export(f['from'].value, f.to, f.step, f.overwrite)
-    except ConfigError as e:
-      cli.fail(str(e))
+    else:
+      summary = convert.convert(f['from'].value, f.to, f.head, f.overwrite)
+  except ConfigError as e:
+    cli.fail(str(e))
+  if f.to_hf:
     print(f'{summary["out"]}: step {summary["step"]} as Hugging Face {summary["architecture"]} '
           f'({summary["params"]:,} parameters in {summary["tensors"]} tensors)'
           + ('' if summary['tokenizer'] else '; no tokenizer written (the run\'s is not a '
              'Hugging Face one)'))
     return
-  if f['step'].present:
-    cli.fail('--step is for --to_hf (a converted run starts at step 0)')
-  try:
-    summary = convert.convert(f['from'].value, f.to, f.head, f.overwrite)
-  except ConfigError as e:
-    cli.fail(str(e))
   print(f'{summary["workdir"]}: {summary["model_type"]} as {summary["family"]} '
         f'({summary["head"]} head), {summary["params"]:,} parameters'
         + (f'; initialised fresh: {", ".join(summary["fresh"])}' if summary['fresh'] else '')
