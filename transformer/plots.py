@@ -6,11 +6,13 @@ run, transformer/analysis/scaling.py for a sweep) and a path; matplotlib is impo
 figure is drawn, with the Agg backend (no display needed).
 """
 
+import io
 import math
 import os
 from typing import Callable, Sequence
 
 import numpy as np
+from etils import epath
 
 MAX_LABELLED_TOKENS = 48  # longer sequences get index ticks: their labels would not be legible
 
@@ -43,7 +45,7 @@ def plot_loss_curve(records: list[dict], path: str, title: str = '', *,
   ax.grid(alpha=0.3, which='both')
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path)
+  _write(fig, path)
   plt.close(fig)
 
 
@@ -62,12 +64,24 @@ def _pyplot():
   return plt
 
 
+def _write(fig, path):
+  """The figure as a PNG at `path`: a local path, or a remote one (gs://...) through
+  etils.epath, which matplotlib cannot write to."""
+  if '://' not in os.fspath(path):
+    fig.savefig(path)
+    return
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png')
+  with epath.Path(path).open('wb') as f:
+    f.write(buffer.getvalue())
+
+
 def _save(fig, ax, path: str):
   """Grid, legend, layout, PNG; the figure is closed."""
   ax.grid(alpha=0.3, which='both')
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path)
+  _write(fig, path)
   _pyplot().close(fig)
 
 
@@ -170,7 +184,7 @@ def plot_compute_optimal(budget, n_opt, d_opt, laws, path: str, *, title: str):
     ax.legend(fontsize=8)
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path)
+  _write(fig, path)
   plt.close(fig)
 
 
@@ -195,7 +209,7 @@ def plot_loss_heatmap(loss_RxC, row_values, column_values, path: str, *, row_lab
   ax.set_title(title, fontsize=10)
   fig.colorbar(image, ax=ax, label=colorbar_label)
   fig.tight_layout()
-  fig.savefig(path)
+  _write(fig, path)
   plt.close(fig)
 
 
@@ -237,7 +251,7 @@ def plot_attention(weights_LxNxTxS: np.ndarray, path: str, *,
   fig.colorbar(image, ax=axes, shrink=min(1.0, 0.6 + 0.2 * L),
                label='attention weight (square-root scale)')
   fig.suptitle(title)
-  fig.savefig(path)
+  _write(fig, path)
   plt.close(fig)
 
 
@@ -247,13 +261,14 @@ def plot_attention_maps(maps: dict[str, np.ndarray], directory: str,
                         title: str = '') -> list[str]:
   """One PNG per entry of `attention_maps` (attention_STACK_KIND.png in `directory`); `labels`
   name the tokens, `target_labels` those of an encoder-decoder's decoder. Returns the paths."""
-  os.makedirs(directory, exist_ok=True)
+  if '://' not in os.fspath(directory):  # an object store has no directories
+    epath.Path(directory).mkdir(parents=True, exist_ok=True)
   decoder_labels = target_labels if target_labels is not None else labels
   paths = []
   for name, weights_LxNxTxS in maps.items():
     stack, kind = name.split('/')
     query_labels = decoder_labels if stack == 'decoder' else labels
-    paths.append(os.path.join(directory, f'attention_{stack}_{kind}.png'))
+    paths.append(str(epath.Path(directory) / f'attention_{stack}_{kind}.png'))
     plot_attention(weights_LxNxTxS, paths[-1], query_labels=query_labels,
                    key_labels=labels if kind == 'cross' else query_labels,
                    title=f'{stack} {kind}-attention' + (f': {title}' if title else ''))
@@ -299,7 +314,7 @@ def plot_sinusoidal(pe_PxD: np.ndarray, path: str, dims: Sequence[int] | None = 
   right.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0))
   right.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path)
+  _write(fig, path)
   plt.close(fig)
 
 
@@ -332,7 +347,7 @@ def plot_position_similarity(tables: dict[str, np.ndarray], path: str, title: st
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path)
+  _write(fig, path)
   plt.close(fig)
 
 
@@ -371,7 +386,7 @@ def plot_activations(x_X: np.ndarray, curves: dict[str, tuple[np.ndarray, np.nda
   axes[0].set_title('feed-forward activations')
   axes[1].set_title('their derivatives')
   fig.tight_layout()
-  fig.savefig(path)
+  _write(fig, path)
   plt.close(fig)
 
 
@@ -413,7 +428,7 @@ def plot_loss_curves(curves: Sequence, path: str, *, xlabel: str = 'step',
   else:
     ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path)
+  _write(fig, path)
   plt.close(fig)
 
 
@@ -520,7 +535,7 @@ def plot_lr_transfer(values, loss, path: str, *, metric: str):
     ax.grid(alpha=0.3, which='both')
     ax.legend(fontsize=8, title='width (star: best rate)', title_fontsize=8)
   fig.tight_layout()
-  fig.savefig(path)
+  _write(fig, path)
   plt.close(fig)
 
 
@@ -544,5 +559,5 @@ def plot_aspect_ratio(values, loss, n, path: str, *, metric: str):
                f'({n.min():,.0f} to {n.max():,.0f})', fontsize=10)
   ax.grid(alpha=0.3, which='both')
   fig.tight_layout()
-  fig.savefig(path)
+  _write(fig, path)
   plt.close(fig)

@@ -21,7 +21,7 @@ import os
 
 from absl import app, flags
 
-from transformer import cli
+from transformer import cli, files
 from transformer.analysis import scaling
 
 
@@ -72,7 +72,7 @@ def _results(argv, f) -> tuple[scaling.Results, str]:
       raise scaling.ResultsError(f'{len(directories)} directories are fitted together: name '
                                  'where the analysis goes with --out=DIR')
     results = scaling.combine([scaling.read_results(d, f.metric) for d in directories])
-    out = f.out or os.path.join(directories[0], 'scaling')
+    out = f.out or str(files.path(directories[0]) / 'scaling')
   results = scaling.drop_highest(scaling.select(results, f.where), f.drop_highest)
   return results, out
 

@@ -14,7 +14,7 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from transformer import cli
+from transformer import cli, files
 from transformer.analysis import sweeps
 
 
@@ -44,8 +44,10 @@ def main(config, argv):
   parameters = sweeps.parse_key_values(f.submitit or [])
   overrides = dict(config_flags.get_override_values(f['config']))
   if f.dry_run:
+    if f.workdir:
+      files.check_remote(f.workdir, '--workdir', write=False)
     sweeps.print_plan(sweeps.expand(config, sweep, list(overrides)),
-                      f.workdir if f.workdir and os.path.isdir(f.workdir) else None)
+                      f.workdir if f.workdir and files.path(f.workdir).is_dir() else None)
     return
   if not f.workdir:
     cli.fail('--workdir is required: the sweep directory (one subdirectory per point)')

@@ -19,9 +19,9 @@ Scaling laws (N: non-embedding parameters, C: a run's training FLOPs `total_flop
 import collections
 import csv
 import dataclasses
+import io
 import json
 import math
-import os
 import re
 from typing import Any, Callable, Sequence
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from transformer import files, plots as figures
 from transformer.analysis import parametric
-from transformer.errors import first_line
+from transformer.errors import ConfigError, first_line
 from transformer.model.counting import format_count
 
 # ---------------------------------------------------------------------------------------------
@@ -359,17 +359,19 @@ class Results:
 
 def read_results(directory: str, metric: str = DEFAULT_METRIC) -> Results:
   """The points of DIR/results.csv; raises ResultsError naming what is missing."""
-  path = os.path.join(directory, 'results.csv')
-  if not os.path.isdir(directory):
+  path = str(files.path(directory) / 'results.csv')
+  try:
+    files.check_remote(directory, 'DIR', write=False)
+  except ConfigError as e:
+    raise ResultsError(str(e)) from None
+  if not files.path(directory).is_dir():
     raise ResultsError(f'{directory}: no such directory; expected a sweep directory '
                        '(written by python -m transformer.sweep) holding results.csv')
-  if not os.path.isfile(path):
+  if not files.path(path).is_file():
     raise ResultsError(f'{directory} holds no results.csv; expected a finished sweep directory '
                        '(python -m transformer.sweep --workdir=DIR writes it)')
   try:
-    with open(path, newline='', encoding='utf-8') as f:
-      reader = csv.DictReader(f, restval='')
-      rows, header = list(reader), reader.fieldnames or []
+    rows, header = _read_csv(path)
   except (UnicodeDecodeError, csv.Error) as e:
     raise ResultsError(f'{path} is not a CSV file in UTF-8 ({first_line(e, 200)}); '
                        'python -m transformer.sweep writes one') from None
@@ -405,9 +407,7 @@ def read_table(path: str, n_column: str, loss_column: str, d_column: str = '',
     raise ResultsError('--csv needs --d_column (training tokens) or --c_column (training FLOPs, '
                        'D = C / 6N)')
   try:
-    with open(path, newline='', encoding='utf-8') as f:
-      reader = csv.DictReader(f, restval='')
-      rows, header = list(reader), reader.fieldnames or []
+    rows, header = _read_csv(path)
   except OSError as e:
     raise ResultsError(f'--csv={path}: {first_line(e, 200)}') from None
   except (UnicodeDecodeError, csv.Error) as e:
@@ -514,14 +514,25 @@ def _check_columns(path: str, header: list[str], rows: list[dict], metric: str):
                        f'expected a loss column such as {DEFAULT_METRIC}')
 
 
+def _read_csv(path: str) -> tuple[list[dict], list[str]]:
+  """(rows, header) of a CSV file in UTF-8 (local or remote: read whole through epath)."""
+  with files.path(path).open('rb') as f:
+    text = f.read().decode('utf-8')
+  reader = csv.DictReader(io.StringIO(text, newline=''), restval='')
+  return list(reader), reader.fieldnames or []
+
+
+def _file(out: str, name: str) -> str:
+  return str(files.path(out) / name)
+
+
 def _swept_fields(directory: str, header: list[str]) -> tuple[list[str], list[str]]:
   """The swept fields (sweep.json's, else all config columns) and the config columns: those
   between status and the results (swept and derived fields)."""
   end = next((i for i, c in enumerate(header) if c in RESULT_COLUMNS), len(header))
   configured = header[header.index('status') + 1:end]
   try:
-    with open(os.path.join(directory, 'sweep.json')) as f:
-      fields = json.load(f)['fields']
+    fields = files.read_json(files.path(directory) / 'sweep.json')['fields']
     if fields and all(field in header for field in fields):
       return list(fields), list(dict.fromkeys(configured + fields))
   except (OSError, ValueError, KeyError, TypeError):
@@ -830,7 +841,7 @@ def report(results: Results, analysis: dict, plots: list[tuple[str, str]], boots
                                     if results.metric == DEFAULT_METRIC else '')
   frontier = int(analysis['compute']['frontier'].sum())
   lines = [
-      f'# Scaling laws of {os.path.basename(os.path.dirname(os.path.abspath(results.path)))}', '',
+      f'# Scaling laws of {files.absolute(results.path).parent.name}', '',
       f'- results: `{results.path}`', f'- loss: {metric}',
       f'- points: {sum(results.statuses.values())} ({statuses or "none"}); '
       f'{len(results.loss)} finished with a loss are used',
@@ -930,13 +941,13 @@ def write_plots(results: Results, analysis: dict, out: str,
   frontier = compute['frontier']
   figures.plot_power_law(
       params['x'], params['loss'], _law_curves(params['fits'], 'N'),
-      os.path.join(out, 'loss_vs_params.png'), xlabel='non-embedding parameters N',
+      _file(out, 'loss_vs_params.png'), xlabel='non-embedding parameters N',
       ylabel=results.metric, title='Loss against non-embedding parameters (lowest per size)',
       others=_not_lowest(results))
   plots.append(('loss_vs_params.png', 'loss against non-embedding parameters, with L(N)'))
   figures.plot_power_law(
       results.compute[frontier], results.loss[frontier], _law_curves(compute['fits'], 'C'),
-      os.path.join(out, 'loss_vs_compute.png'), xlabel='compute C (training FLOPs)',
+      _file(out, 'loss_vs_compute.png'), xlabel='compute C (training FLOPs)',
       ylabel=results.metric, title='Loss against compute (fit on the compute-efficient frontier)',
       others=(results.compute[~frontier], results.loss[~frontier]))
   plots.append(('loss_vs_compute.png', 'loss against compute, with L(C) on the frontier'))
@@ -947,7 +958,7 @@ def write_plots(results: Results, analysis: dict, out: str,
     known = np.isfinite(results.tokens)
     marked = [row['joint'] for row in predicted if 'joint' in row]
     figures.plot_loss_surface(law, results.n[known], results.tokens[known],
-                              results.loss[known], os.path.join(out, 'loss_surface.png'),
+                              results.loss[known], _file(out, 'loss_surface.png'),
                               metric=results.metric, predicted=marked)
     plots.append(('loss_surface.png', 'L(N, D): iso-loss contours with the points, and '
                   'predicted against observed loss'))
@@ -971,18 +982,18 @@ def _study_plots(results: Results, out: str) -> list[tuple[str, str]]:
   swept = set(results.swept)
   if {'opt.lr', 'model.d_model'} <= swept:
     figures.plot_lr_transfer(results.values, results.loss,
-                             os.path.join(out, 'lr_transfer.png'), metric=results.metric)
+                             _file(out, 'lr_transfer.png'), metric=results.metric)
     plots.append(('lr_transfer.png', 'loss against the learning rate, one curve per width '
                   '(the mean over seeds), one panel per parametrization'))
   elif {'model.num_layers', 'model.d_model'} <= swept and results.n.max() < 2 * results.n.min():
     figures.plot_aspect_ratio(results.values, results.loss, results.n,
-                              os.path.join(out, 'aspect_ratio.png'), metric=results.metric)
+                              _file(out, 'aspect_ratio.png'), metric=results.metric)
     plots.append(('aspect_ratio.png', 'loss against the aspect ratio d_model / num_layers'))
   return plots
 
 
 def _isoflop_plots(isoflop: IsoFlopFit, metric: str, out: str) -> list[tuple[str, str]]:
-  figures.plot_isoflop_curves(isoflop.curves, os.path.join(out, 'isoflop_curves.png'),
+  figures.plot_isoflop_curves(isoflop.curves, _file(out, 'isoflop_curves.png'),
                           ylabel=metric, title='IsoFLOP profiles: loss against N per budget')
   plots = [('isoflop_curves.png', 'IsoFLOP profiles with their parabolas and minima')]
   found = [curve for curve in isoflop.curves if curve.n_opt is not None]
@@ -992,7 +1003,7 @@ def _isoflop_plots(isoflop: IsoFlopFit, metric: str, out: str) -> list[tuple[str
             for law in (isoflop.n_opt, isoflop.d_opt)]
     figures.plot_compute_optimal([c.budget for c in found], [c.n_opt for c in found],
                              [c.d_opt for c in found], laws,
-                             os.path.join(out, 'isoflop_optimal.png'),
+                             _file(out, 'isoflop_optimal.png'),
                              title='Compute-optimal allocation (IsoFLOP minima)')
     plots.append(('isoflop_optimal.png', 'N_opt(C) and D_opt(C) with their power laws'))
   return plots
@@ -1006,7 +1017,7 @@ def _heatmap(grid: dict, metric: str, out: str) -> tuple[str, str]:
     over = ', '.join(short(f) for f in grid['minimum_over']) or 'repeated points'
     title += f'\n(lowest per cell, minimum over {over})'
   figures.plot_loss_heatmap(grid['loss'], grid['row_values'], grid['column_values'],
-                        os.path.join(out, name), row_label=grid['rows'],
+                        _file(out, name), row_label=grid['rows'],
                         column_label=grid['columns'], title=title, colorbar_label=metric)
   return name, f'{metric} over {grid["rows"]} x {grid["columns"]}'
 
@@ -1047,7 +1058,7 @@ def summary(results: Results, analysis: dict) -> list[str]:
 def analyze_sweep(directory: str, metric: str = DEFAULT_METRIC, bootstrap: int = 1000,
                   seed: int = 0) -> tuple[str, list[str]]:
   """Fits and plots DIR/results.csv into DIR/scaling/; returns the report's path and a summary."""
-  return write_analysis(read_results(directory, metric), os.path.join(directory, 'scaling'),
+  return write_analysis(read_results(directory, metric), _file(directory, 'scaling'),
                         bootstrap, seed)
 
 
@@ -1057,11 +1068,11 @@ def write_analysis(results: Results, out: str, bootstrap: int = 1000, seed: int 
   returns the report's path and a summary for the terminal."""
   analysis = analyze(results, bootstrap, seed, starts)
   predicted = predictions(analysis, queries, seed)
-  os.makedirs(out, exist_ok=True)
+  files.makedirs(out)
   plots = write_plots(results, analysis, out, predicted)
-  files.atomic_write(os.path.join(out, 'fits.json'),
+  files.atomic_write(_file(out, 'fits.json'),
                      json.dumps(fits_json(results, analysis, plots, predicted), indent=2))
-  path = os.path.join(out, 'report.md')
+  path = _file(out, 'report.md')
   files.atomic_write(path, report(results, analysis, plots, bootstrap, predicted))
   return path, summary(results, analysis) + prediction_summary(predicted)
 

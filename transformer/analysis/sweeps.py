@@ -15,6 +15,7 @@ DIR/results.csv (one row per point) is rewritten atomically whenever a point end
 
 import ast
 import concurrent.futures
+import contextlib
 import copy
 import csv
 import dataclasses
@@ -28,6 +29,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Sequence
 
@@ -254,10 +256,9 @@ def run_point(command: list[str], point_dir: str) -> int:
   failure in point_dir/failed.json, a stop in point_dir/stopped.json (both removed once the
   point succeeds). Returns the exit code. The same function runs under every launcher (a local
   thread, a submitit job)."""
-  os.makedirs(point_dir, exist_ok=True)
-  failed, stopped = (os.path.join(point_dir, f'{name}.json') for name in ('failed', 'stopped'))
-  log_path = os.path.join(point_dir, 'train.log')
-  with open(log_path, 'a') as log:
+  files.makedirs(point_dir)
+  failed, stopped = (files.path(point_dir) / f'{name}.json' for name in ('failed', 'stopped'))
+  with _log_file(files.path(point_dir) / 'train.log') as log:
     log.write('$ ' + ' '.join(command) + '\n')
     log.flush()
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
@@ -267,21 +268,40 @@ def run_point(command: list[str], point_dir: str) -> int:
       code = process.wait()
     finally:
       _RUNNING.discard(process)
+    error = _error_line(log.name, code) if code != 0 and code not in STOPPED else None
   for path in (failed, stopped):
-    if os.path.exists(path):
-      os.remove(path)
+    path.unlink(missing_ok=True)
   if code in STOPPED:
     files.write_json(stopped, {'returncode': code})
   elif code != 0:
-    files.write_json(failed, {'returncode': code, 'error': _error_line(log_path, code)})
+    files.write_json(failed, {'returncode': code, 'error': error})
   return code
+
+
+@contextlib.contextmanager
+def _log_file(log_path):
+  """train.log opened to append, for the training process to write to directly; in a remote
+  sweep directory (gs://...), a local temporary file (a process writes only to local files),
+  appended to train.log when the point ends."""
+  if not files.is_remote(log_path):
+    with log_path.open('a') as log:
+      yield log
+    return
+  with tempfile.NamedTemporaryFile('w+', prefix='train-', suffix='.log') as log:
+    try:
+      yield log
+    finally:
+      log.flush()
+      with open(log.name, errors='replace') as f:
+        files.append_text(log_path, f.read())
 
 
 _RUNNING: set = set()  # the training processes this sweep process started and waits for
 
 
 def _error_line(log_path: str, code: int) -> str:
-  """The run's own one-line error (`error: ...`), else the last line of its output."""
+  """The run's own one-line error (`error: ...`), else the last line of its output (in the
+  local file the training process wrote to)."""
   with open(log_path, errors='replace') as f:
     tail = f.read()[-20000:]
   lines = [line.strip() for line in tail.replace('\r', '\n').splitlines() if line.strip()]
@@ -294,21 +314,21 @@ def _error_line(log_path: str, code: int) -> str:
 def point_status(point: Point, workdir: str) -> tuple[str, dict[str, Any]]:
   """(status, results) from the files of DIR/<id>: finished, failed, interrupted (stopped: a
   relaunch resumes it) or pending."""
-  point_dir = os.path.join(workdir, point.id)
+  point_dir = files.path(workdir) / point.id
   summary = runs.finished_summary(point_dir, point.config.train.num_steps)
   if summary is not None:  # as train decides it (an incomplete summary is finished by a rerun)
     return 'finished', summary
-  if os.path.exists(os.path.join(point_dir, 'failed.json')):
-    with open(os.path.join(point_dir, 'failed.json')) as f:
-      return 'failed', {'error': json.load(f)['error']}
-  if runs.has_checkpoint(point_dir) or os.path.exists(os.path.join(point_dir, 'stopped.json')):
+  failed = files.read_json(point_dir / 'failed.json')
+  if failed is not None:
+    return 'failed', {'error': failed['error']}
+  if runs.has_checkpoint(point_dir) or (point_dir / 'stopped.json').exists():
     return 'interrupted', {}
   return 'pending', {}
 
 
 def write_results(points: list[Point], workdir: str, fields: list[str]) -> str:
   """DIR/results.csv, one row per point, written atomically (a crash leaves the old file)."""
-  path = os.path.join(workdir, 'results.csv')
+  path = str(files.path(workdir) / 'results.csv')
   text = io.StringIO()
   writer = csv.writer(text)
   columns = [*RESULT_FIELDS[:-2], *_source_fields(points), *RESULT_FIELDS[-2:]]
@@ -371,7 +391,7 @@ def _launch_submitit(jobs, cluster: str, folder: str, parameters: dict, parallel
       code = job.result()
     except Exception as e:  # the job itself failed: killed, timed out, node lost
       code = 1
-      files.write_json(os.path.join(point_dir, 'failed.json'),
+      files.write_json(files.path(point_dir) / 'failed.json',
                        {'returncode': None, 'error': f'submitit job {job.job_id}: '
                                                      f'{last_line(e)[:500]}'})
     done(point, code)
@@ -397,12 +417,11 @@ def run_sweep(config, config_arg: str, sweep: Sweep, workdir: str, cli_overrides
               ) -> int:
   """Runs every unfinished point of `sweep` in DIR/<id>/; returns 0 if all finished, else 1."""
   points = expand(config, sweep, list(cli_overrides))
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = _sweep_directory(workdir, launcher)
   swept = list(dict.fromkeys(f for p in points for f in p.overrides))
   fields = swept + [f for f in dict.fromkeys(f for p in points for f in p.derived)
                     if f not in swept]
-  files.write_json(os.path.join(workdir, 'sweep.json'), dict(
+  files.write_json(files.path(workdir) / 'sweep.json', dict(
       config=config_arg, overrides=cli_overrides, fields=swept,
       derived=list(sweep.derived), points=[
           dict(id=p.id, overrides=p.overrides, derived=p.derived, **p.info) for p in points]))
@@ -411,11 +430,10 @@ def run_sweep(config, config_arg: str, sweep: Sweep, workdir: str, cli_overrides
   for p in points:
     if point_status(p, workdir)[0] == 'finished':
       continue
-    point_dir = os.path.join(workdir, p.id)
+    point_dir = str(files.path(workdir) / p.id)
     command = train_command(config_arg, point_dir, {**cli_overrides, **p.values})
-    os.makedirs(point_dir, exist_ok=True)
-    with open(os.path.join(point_dir, 'command.txt'), 'w') as f:
-      f.write(' '.join(command[1:]) + '\n')
+    files.makedirs(point_dir)
+    files.atomic_write(files.path(point_dir) / 'command.txt', ' '.join(command[1:]) + '\n')
     jobs.append((p, command, point_dir))
   print(f'{len(points)} points in {workdir}: {len(points) - len(jobs)} finished, '
         f'{len(jobs)} to run' + (f', {parallel} at a time' if jobs and parallel > 1 else '')
@@ -456,7 +474,7 @@ def run_sweep(config, config_arg: str, sweep: Sweep, workdir: str, cli_overrides
   else:
     cluster = 'local' if launcher == 'submitit_local' else 'slurm'
     try:
-      _launch_submitit(jobs, cluster, os.path.join(workdir, '.submitit'),
+      _launch_submitit(jobs, cluster, str(files.path(workdir) / '.submitit'),
                        submitit_parameters or {}, parallel, done)
     except KeyboardInterrupt:  # the jobs are the scheduler's: they go on without us
       interrupted.append(signal.SIGINT)
@@ -471,6 +489,19 @@ def run_sweep(config, config_arg: str, sweep: Sweep, workdir: str, cli_overrides
   if interrupted:
     return INTERRUPTED_EXIT_CODE
   return 0 if counts.get('finished', 0) == len(points) else 1
+
+
+def _sweep_directory(workdir: str, launcher: str) -> str:
+  """The sweep directory, absolute and created, or a ConfigError in one line: a remote one
+  (gs://...) that cannot be written here, or that a launcher's jobs cannot share."""
+  workdir = str(files.absolute(workdir))
+  if launcher != 'local' and files.is_remote(workdir):
+    raise ConfigError(f'--launcher={launcher} needs a --workdir on a file system the jobs '
+                      f'share (submitit keeps its job files there), not {workdir}; use '
+                      '--launcher=local, or a shared mount')
+  files.check_remote(workdir, '--workdir')
+  files.makedirs(workdir)
+  return workdir
 
 
 def _launch_local(jobs, parallel: int, done: Callable, interrupted: list):

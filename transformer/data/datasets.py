@@ -16,10 +16,9 @@ import dataclasses
 import fcntl
 import os
 import pathlib
-import socket
-import threading
 from typing import Any
 
+from transformer import files
 from transformer.config import DataConfig
 from transformer.data import corpus, synthetic
 from transformer.errors import ConfigError, first_line, last_line
@@ -94,6 +93,7 @@ def convert_files(data: DataConfig, progress: bool = True) -> str:
   """The directory of the conversion of data.train_files or of a Hugging Face dataset
   (converted on first use). A dataset of the Hub needs the network (probed first, in seconds)
   unless the library is told to read its cache (HF_DATASETS_OFFLINE=1)."""
+  check_remote_data_dir(data)
   if corpus.is_hf(data) and not corpus.is_local(corpus.hf_name(data.dataset)[0]) and not any(
       os.environ.get(v) in ('1', 'true', 'TRUE') for v in HF_OFFLINE):
     try:
@@ -109,6 +109,27 @@ def resolve_data_dir(data_dir: str) -> str:
   """data.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets (TFDS's own default)."""
   return os.path.expanduser(data_dir or os.environ.get('TFDS_DATA_DIR')
                             or '~/tensorflow_datasets')
+
+
+def data_dir_flag(data: DataConfig) -> str:
+  """How a message names the data directory: 'data.data_dir=DIR', or '$TFDS_DATA_DIR=DIR' where
+  the field is empty and the variable gave it."""
+  name = 'data.data_dir' if data.data_dir or not os.environ.get('TFDS_DATA_DIR') else (
+      '$TFDS_DATA_DIR')
+  return f'{name}={resolve_data_dir(data.data_dir)}'
+
+
+def check_remote_data_dir(data: DataConfig):
+  """A remote data directory (gs://...) serves TFDS datasets prepared elsewhere and copied there
+  (TFDS reads it with epath, grain with ArrayRecord's GCS reader) and caches SentencePiece
+  models; your files are converted with ArrayRecord's local writer under a file lock, which
+  need a local directory. A ConfigError in one line for that; no network needed."""
+  if not files.is_remote(resolve_data_dir(data.data_dir)) or get_spec(data).source != 'files':
+    return
+  raise ConfigError(f'{data_dir_flag(data)} is invalid for data.dataset={data.dataset!r}: your '
+                    'files are converted into the data directory with ArrayRecord\'s local '
+                    'writer and a file lock, which need a local directory; set data.data_dir '
+                    'to one')
 
 
 def prepare_command(name: str, data_dir: str) -> str:
@@ -133,6 +154,11 @@ def prepare(data: DataConfig, network_probe: str = NETWORK_PROBE):
   if spec.tfds_name in EMBEDDED:
     build_embedded(spec.tfds_name, data_dir)
     return
+  if files.is_remote(data_dir):  # TFDS writes ArrayRecord with a writer of local files only
+    raise ConfigError(f'{data_dir_flag(data)}: TFDS cannot prepare {name} there (it writes '
+                      'ArrayRecord files with a local writer); prepare it in a local '
+                      f'data.data_dir, then copy that directory\'s {spec.tfds_name} folder to '
+                      f'{data_dir} (gcloud storage cp -r)')
   check_network(network_probe, f'prepare {name} on a machine with network and copy {data_dir} '
                 'here')
   try:
@@ -151,21 +177,8 @@ def check_network(probe: str, advice: str, timeout_s: float = 5.0,
   proxies = ('HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy', 'ALL_PROXY', 'all_proxy')
   if not probe or any(os.environ.get(name) for name in proxies):
     return
-  host, _, port = probe.rpartition(':')
-  outcome: dict[str, Any] = {}
-
-  def connect():
-    try:
-      socket.create_connection((host, int(port)), timeout=timeout_s).close()
-      outcome['reached'] = True
-    except (OSError, ValueError) as e:
-      outcome['error'] = e
-
-  thread = threading.Thread(target=connect, daemon=True)  # a name lookup ignores the timeout
-  thread.start()
-  thread.join(timeout_s)
-  if not outcome.get('reached'):
-    reason = first_line(outcome['error']) if 'error' in outcome else f'no answer in {timeout_s:g} s'
+  reason = files.connect_error(probe, timeout_s)
+  if reason is not None:
     raise PrepareError(f'no network: {probe} cannot be reached ({reason}); {advice} (or '
                        f'{bypass})')
 
@@ -178,6 +191,12 @@ def build_embedded(tfds_name: str, data_dir: str):
   assert tfds_name == 'shakespeare_corpus'
   if is_prepared(tfds_name, data_dir):  # e.g. a shared, read-only data directory
     return
+  if files.is_remote(data_dir):
+    raise ConfigError(f'data.data_dir={data_dir} does not hold the embedded corpus, and it is '
+                      'built with a file lock and ArrayRecord\'s local writer: build it in a '
+                      'local directory (python -m transformer.data --prepare '
+                      f'--config.data.data_dir=DIR), then copy DIR/{tfds_name} to {data_dir} '
+                      '(gcloud storage cp -r), or use a local data.data_dir')
   try:
     pathlib.Path(data_dir).mkdir(parents=True, exist_ok=True)
     lock = open(os.path.join(data_dir, f'.{tfds_name}.lock'), 'w')

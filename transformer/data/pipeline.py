@@ -25,6 +25,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from transformer import files
 from transformer.config import DataConfig, Experiment, ModelConfig
 from transformer.data import corpus, datasets, synthetic, tokenizers
 from transformer.data.datasets import DatasetSpec
@@ -51,6 +52,10 @@ def check_data(experiment: Experiment) -> DatasetSpec:
   def fail(name, allowed):
     raise ConfigError(f'data.{name}={getattr(data, name)!r} is invalid: {allowed}')
 
+  datasets.check_remote_data_dir(data)
+  if data.tokenizer == 'huggingface' and files.is_remote(data.hf_tokenizer):
+    fail('hf_tokenizer', 'must be a local directory: transformers reads a tokenizer from local '
+         'files (copy it here)')
   if data.tokenizer == 'huggingface' and not os.path.isdir(data.hf_tokenizer):
     fail('hf_tokenizer', "must be a directory holding a saved tokenizer with "
          "data.tokenizer='huggingface' (python -m transformer.convert writes one)")
@@ -118,17 +123,33 @@ def prepare_data(experiment: Experiment):
   """What must happen before a run reads its data: your files are converted (a bad record is a
   ConfigError naming the file and line), and their classes are checked against the model's."""
   data, cfg = experiment.data, experiment.model
+  data_dir = datasets.resolve_data_dir(data.data_dir)
+  if files.is_remote(data_dir) and _reads_data_dir(experiment):
+    files.check_remote(data_dir, datasets.data_dir_flag(data).partition('=')[0], write=False)
   if data.dataset == datasets.MIXTURE:
     for source in sources(experiment).values():
       prepare_data(source)
     return
-  if datasets.get_spec(data).source != 'files':
+  spec = datasets.get_spec(data)
+  if spec.tfds_name in datasets.EMBEDDED and files.is_remote(data_dir):
+    datasets.build_embedded(spec.tfds_name, data_dir)  # refused unless it is there already
+  if spec.source != 'files':
     return
   spec = datasets.files_spec(data)
   if cfg.task == 'classify' and cfg.num_classes != spec.num_classes:
     where = 'data.train_files hold' if data.dataset == datasets.FILES else f'{data.dataset} has'
     raise ConfigError(f'model.num_classes={cfg.num_classes} is invalid: {where} '
                       f'{spec.num_classes} classes')
+
+
+def _reads_data_dir(experiment: Experiment) -> bool:
+  """Whether the data directory is read: a TFDS dataset (the embedded corpus included), or a
+  SentencePiece model trained and cached there."""
+  data = experiment.data
+  if data.tokenizer == 'sentencepiece' and not data.spm_model:
+    return True
+  return any(datasets.get_spec(source.data).source == 'tfds'
+             for source in sources(experiment).values())
 
 
 def sources(experiment: Experiment) -> dict[str, Experiment]:
@@ -157,7 +178,7 @@ def get_tokenizer(experiment: Experiment) -> tokenizers.Tokenizer:
   name = data.dataset if data.dataset != datasets.MIXTURE else f'mixture-{data.mixture}'
   path = tokenizers.sentencepiece_cache_path(data_dir, name, data.vocab_size,
                                              data.spm_type, data.spm_examples, data.train_split)
-  if not os.path.exists(path):  # a mixture's: each dataset's share of the examples
+  if not files.path(path).exists():  # a mixture's: each dataset's share of the examples
     weights = data.mixture_weights() if data.mixture else {data.dataset: 1.0}
     texts = itertools.chain.from_iterable(
         datasets.training_texts(datasets.open_split(source.data, 'train'),

@@ -17,6 +17,7 @@ from typing import Iterable, Protocol
 
 import numpy as np
 
+from transformer import files
 from transformer.errors import ConfigError, first_line, last_line
 
 
@@ -79,7 +80,10 @@ class SentencePieceTokenizer:
   def __init__(self, model_path: str | os.PathLike):
     import sentencepiece as spm
     self.model_path = str(model_path)
-    self._sp = spm.SentencePieceProcessor(model_file=self.model_path)
+    if files.is_remote(self.model_path):  # SentencePiece reads local files: give it the bytes
+      self._sp = spm.SentencePieceProcessor(model_proto=files.path(model_path).read_bytes())
+    else:
+      self._sp = spm.SentencePieceProcessor(model_file=self.model_path)
     self.vocab_size = self._sp.get_piece_size()
     self.pad_id, self.bos_id, self.eos_id = self._sp.pad_id(), self._sp.bos_id(), self._sp.eos_id()
     self.unk_id = self._sp.unk_id()
@@ -105,15 +109,18 @@ class SentencePieceTokenizer:
 
 def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_path: str | os.PathLike,
                         model_type: str = 'unigram', max_sentences: int = 1_000_000):
-  """Trains on `texts` and writes `model_path` atomically (safe with concurrent runs)."""
+  """Trains on `texts` and writes `model_path` atomically (safe with concurrent runs): beside
+it, then renamed; a remote `model_path` (gs://...) in a local temporary directory, then
+uploaded whole."""
   import sentencepiece as spm
-  model_path = pathlib.Path(model_path)
+  remote = files.is_remote(model_path)
+  model_path = files.path(model_path)
   try:
-    model_path.parent.mkdir(parents=True, exist_ok=True)
+    files.makedirs(model_path.parent)
   except OSError as e:
     raise ConfigError(f'data.data_dir: cannot cache the tokenizer in {model_path.parent} '
                       f'({e.strerror or e})') from None
-  with tempfile.TemporaryDirectory(dir=model_path.parent) as tmp:
+  with tempfile.TemporaryDirectory(dir=None if remote else model_path.parent) as tmp:
     prefix = os.path.join(tmp, 'spm')
     try:  # identity normalisation, whitespace kept: decoding gives back the text's layout
       spm.SentencePieceTrainer.train(
@@ -125,7 +132,10 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_path: str |
     except RuntimeError as e:
       raise ConfigError(f'data.vocab_size={vocab_size} is invalid: SentencePiece could not train '
                         f'it on this data ({last_line(e)})') from None
-    os.replace(prefix + '.model', model_path)
+    if remote:
+      model_path.write_bytes(pathlib.Path(prefix + '.model').read_bytes())
+    else:
+      os.replace(prefix + '.model', model_path)
 
 
 def sentencepiece_cache_path(data_dir: str, dataset: str, vocab_size: int, model_type: str,
@@ -135,12 +145,13 @@ def sentencepiece_cache_path(data_dir: str, dataset: str, vocab_size: int, model
   key = hashlib.sha1(f'{dataset}|{vocab_size}|{model_type}|{examples}|{split}|'
                      f'{SPM_VERSION}'.encode()).hexdigest()[:8]
   safe = dataset.replace('/', '_')
-  return os.path.join(data_dir, 'tokenizers', f'{safe}-{model_type}{vocab_size}-{key}.model')
+  return str(files.path(data_dir) / 'tokenizers' / f'{safe}-{model_type}{vocab_size}-{key}.model')
 
 
 def load_sentencepiece(model_path: str, expected_vocab_size: int | None) -> SentencePieceTokenizer:
-  """A given model file; its size must be what the config says."""
-  if not os.path.isfile(model_path):
+  """A given model file (local or remote); its size must be what the config says."""
+  files.check_remote(model_path, 'data.spm_model', write=False)
+  if not files.path(model_path).is_file():
     raise ConfigError(f'data.spm_model={model_path!r} is invalid: no such file')
   try:
     tokenizer = SentencePieceTokenizer(model_path)
@@ -261,6 +272,6 @@ def fingerprint(tokenizer: Tokenizer) -> str:
     root = tokenizer.directory
     paths = sorted(os.path.join(d, n) for d, _, names in os.walk(root) for n in names)
   for path in paths:
-    digest.update(os.path.basename(path).encode())
-    digest.update(pathlib.Path(path).read_bytes())
+    digest.update(files.path(path).name.encode())
+    digest.update(files.path(path).read_bytes())
   return f'{type(tokenizer).__name__}-{digest.hexdigest()[:16]}'

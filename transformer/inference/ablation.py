@@ -16,7 +16,6 @@ run's checkpoints are only read.
 import dataclasses
 import functools
 import json
-import os
 from typing import Any, Iterable, Sequence
 
 import flax.linen as nn
@@ -191,17 +190,17 @@ def write_outputs(importance: Importance, cfg: ModelConfig, directory: str,
                   header: dict) -> list[str]:
   """head_importance.json (`header` plus one row per head and a change grid per kind) and a
   heatmap per attention kind, in `directory`; returns their paths."""
-  os.makedirs(directory, exist_ok=True)
+  files.makedirs(directory)
   rows = [dict(kind=kind, layer=layer, head=head, loss=importance.loss[(kind, layer, head)],
                change=importance.change[(kind, layer, head)])
           for kind, layer, head in importance.loss]
   record = dict(header, baseline_loss=importance.baseline, heads=rows,
                 change_grids={kind: importance.grid(cfg, kind).tolist()
                               for kind in attention_kinds(cfg)})
-  paths = [os.path.join(directory, 'head_importance.json')]
+  paths = [str(files.path(directory) / 'head_importance.json')]
   files.atomic_write(paths[0], json.dumps(record, indent=2))
   for kind, num_layers in attention_kinds(cfg).items():
-    paths.append(os.path.join(directory, f'head_importance_{kind.replace("/", "_")}.png'))
+    paths.append(str(files.path(directory) / f'head_importance_{kind.replace("/", "_")}.png'))
     plots.plot_loss_heatmap(
         importance.grid(cfg, kind), list(range(num_layers)), list(range(cfg.num_heads)),
         paths[-1], row_label='layer', column_label='head',
@@ -235,7 +234,7 @@ def ablate(workdir: str, step: int | None = None, eval_batches: int = 10,
                  f'alone {alone:+.4f}): {",".join(map(head_name, masked))}')
     return lines
   lines += _table(importance, every_head(run.cfg))
-  header = dict(workdir=os.path.abspath(workdir), step=run.step, eval_batches=len(batches),
+  header = dict(workdir=str(files.absolute(workdir)), step=run.step, eval_batches=len(batches),
                 seq_len=run.config.data.seq_len, batch_size=run.config.data.batch_size)
-  paths = write_outputs(importance, run.cfg, os.path.join(workdir, 'ablation'), header)
+  paths = write_outputs(importance, run.cfg, str(files.path(workdir) / 'ablation'), header)
   return lines + [f'wrote {path}' for path in paths]

@@ -155,12 +155,13 @@ def find_runs(directories: Sequence[str]) -> list[str]:
   runs one level below it (a sweep's points), in name order."""
   runs = []
   for directory in directories:
-    if os.path.exists(os.path.join(directory, 'metrics.jsonl')):
+    files.check_remote(directory, 'DIR', write=False)
+    if (files.path(directory) / 'metrics.jsonl').exists():
       runs.append(directory)
       continue
-    below = sorted(os.path.join(directory, name) for name in
-                   (os.listdir(directory) if os.path.isdir(directory) else ())
-                   if os.path.exists(os.path.join(directory, name, 'metrics.jsonl')))
+    folder = files.path(directory)
+    below = sorted(str(p) for p in (folder.iterdir() if folder.is_dir() else ())
+                   if (p / 'metrics.jsonl').exists())
     if not below:
       raise ConfigError(f'DIR={directory} is neither a run nor a sweep: it holds no '
                         'metrics.jsonl, nor does any directory in it (give a run\'s --workdir '
@@ -172,11 +173,11 @@ def find_runs(directories: Sequence[str]) -> list[str]:
 def read_loss_curve(directory: str, name: str | None = None) -> LossCurve:
   """The losses of the run in `directory` (metrics.jsonl), with its config's tokens per step and
   FLOPs per token where config.json is there."""
-  records = files.read_jsonl(os.path.join(directory, 'metrics.jsonl'))
-  summary = files.read_json(os.path.join(directory, 'summary.json')) or {}
+  records = files.read_jsonl(files.path(directory) / 'metrics.jsonl')
+  summary = files.read_json(files.path(directory) / 'summary.json') or {}
   tokens_per_step = flops_per_token = None
   byte_tokens = False
-  if os.path.exists(os.path.join(directory, 'config.json')):
+  if (files.path(directory) / 'config.json').exists():
     experiment = runs.read_experiment(directory)
     byte_tokens = experiment.data.tokenizer == 'byte' and experiment.task != 'classify'
     tokens_per_step = experiment.data.batch_size * experiment.data.seq_len
@@ -194,14 +195,17 @@ def loss_curves(directories: Sequence[str]) -> list[LossCurve]:
   numerically; another run by its path below the directory they all share (a lone run: by its
   own name)."""
   runs = find_runs(directories)
-  common = os.path.commonpath([os.path.abspath(r) for r in runs]) if len(runs) > 1 else None
+  # their absolute paths as parts ('/gs/BUCKET/...' for gs://BUCKET/...: os.path.abspath would
+  # make it local, os.path.commonpath would drop its '//')
+  absolute = [os.path.join(*files.absolute(run).parts) for run in runs]
+  common = os.path.commonpath(absolute) if len(runs) > 1 else None
   curves, keys, sweeps = [], [], {}
-  for run in runs:
+  for run, where in zip(runs, absolute):
     label, key = _swept_values(run, sweeps)
-    name = label or (os.path.relpath(os.path.abspath(run), common) if common else None)
+    name = label or (os.path.relpath(where, common) if common else None)
     curves.append(read_loss_curve(run, name))
     keys.append(key)
-  parents = [os.path.dirname(os.path.abspath(run)) for run in runs]
+  parents = [str(files.absolute(run).parent) for run in runs]
   group = {parent: parents.index(parent) for parent in parents}  # in the order given
   order = sorted(range(len(runs)), key=lambda i: (group[parents[i]], keys[i]))
   return [curves[i] for i in order]
@@ -210,7 +214,7 @@ def loss_curves(directories: Sequence[str]) -> list[LossCurve]:
 def _sweep_points(directory: str) -> tuple[list, dict]:
   """(swept fields, {point id: its swept values}) of the sweep.json in `directory` (empty if
   none)."""
-  sweep = files.read_json(os.path.join(directory, 'sweep.json'))
+  sweep = files.read_json(files.path(directory) / 'sweep.json')
   if not isinstance(sweep, dict):
     return [], {}
   return list(sweep.get('fields', ())), {
@@ -221,7 +225,7 @@ def _sweep_points(directory: str) -> tuple[list, dict]:
 def _swept_values(run: str, sweeps: dict) -> tuple[str, tuple]:
   """('field=value ...', sort key) of a sweep's point from its sweep.json; ('', ()) otherwise.
   `sweeps` caches each directory's points."""
-  parent = os.path.dirname(os.path.abspath(run))
+  parent = str(files.absolute(run).parent)
   if parent not in sweeps:
     sweeps[parent] = _sweep_points(parent)
   fields, points = sweeps[parent]
@@ -242,8 +246,8 @@ COMMANDS = ('attention', 'positions', 'activations', 'loss')
 
 
 def _out_dir(out: str | None, workdir: str | None) -> str:
-  directory = out or (os.path.join(workdir, 'viz') if workdir else 'viz')
-  os.makedirs(directory, exist_ok=True)
+  directory = out or (str(files.path(workdir) / 'viz') if workdir else 'viz')
+  files.makedirs(directory)
   return directory
 
 
@@ -289,8 +293,8 @@ def draw_positions(d_model: int | None = None, max_len: int | None = None,
   if max_len < 2:
     raise ConfigError(f'--max_len={max_len}: give at least 2 positions')
   directory = _out_dir(out, workdir)
-  paths = [os.path.join(directory, 'positions_sinusoidal.png'),
-           os.path.join(directory, 'positions_similarity.png')]
+  paths = [str(files.path(directory) / 'positions_sinusoidal.png'),
+           str(files.path(directory) / 'positions_similarity.png')]
   table_PxD = sinusoidal_table(max_len, d_model)
   plots.plot_sinusoidal(table_PxD, paths[0])
   tables = {f'sinusoidal (d_model {d_model})': table_PxD}
@@ -308,7 +312,7 @@ def draw_positions(d_model: int | None = None, max_len: int | None = None,
 
 def draw_activations(out: str | None = None) -> list[str]:
   """`viz activations`: the feed-forward activations and their derivatives."""
-  path = os.path.join(_out_dir(out, None), 'activations.png')
+  path = str(files.path(_out_dir(out, None)) / 'activations.png')
   x_X = np.linspace(-4.0, 4.0, 801)
   plots.plot_activations(x_X, activation_curves(x_X), path)
   return [path]
@@ -324,9 +328,9 @@ def draw_loss_curves(directories: Sequence[str], out: str | None = None, against
   if against not in AGAINST:
     raise ConfigError(f'--against={against} is not one of {", ".join(AGAINST)}')
   curves = loss_curves(directories)
-  path = out or os.path.join(_out_dir(None, directories[0] if len(directories) == 1 else None),
-                             'loss.png')
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  path = out or str(files.path(_out_dir(None, directories[0] if len(directories) == 1 else None))
+                    / 'loss.png')
+  files.makedirs(files.absolute(path).parent)
   plots.plot_loss_curves(curves, path, xlabel=AGAINST[against],
                          x=lambda curve, steps: curve.x(steps, against), log=log)
   return [path]

@@ -9,6 +9,10 @@ previous checkpoints intact. On restore, a step that cannot be read is renamed t
 (`restore_params`) reads the parameters alone, not the optimizer's state (two more copies of
 the parameters under AdamW).
 
+The directory may be remote (gs://...): orbax writes it itself (tensorstore's GCS driver for
+the arrays, epath for the rest), and what this module does there (listing steps, setting a
+corrupted one aside) goes through epath too.
+
 A save that storage refuses (a full disk, a read-only or forbidden directory) raises RunFailed,
 one line naming the directory and the errno: at once if the step's directory cannot be created,
 else at the first `check()` after the background write failed (the loop checks after every
@@ -17,7 +21,6 @@ step). The previous checkpoints stay intact; the failed step's temporary directo
 
 import logging
 import os
-import shutil
 import sys
 import threading
 import time
@@ -33,8 +36,8 @@ ITEMS = ('state', 'data', 'meta')
 
 
 class Checkpoints:
-  def __init__(self, directory: str, keep: int = 3):
-    self.directory = os.path.abspath(directory)
+  def __init__(self, directory: str | os.PathLike, keep: int = 3):
+    self.directory = str(files.absolute(directory))
     # The step's directory is created in the calling thread: created in the background (orbax's
     # default), a refusal left the caller waiting 300 s for a signal that never came.
     options = ocp.CheckpointManagerOptions(
@@ -101,9 +104,12 @@ class Checkpoints:
                      f'{files.describe_errno(code)}; {intact}. Free space or make the directory '
                      'writable, then run the same command to resume')
 
+  def _names(self) -> list[str]:
+    directory = files.path(self.directory)
+    return [p.name for p in directory.iterdir()] if directory.is_dir() else []
+
   def _steps_on_disk(self) -> list[int]:
-    names = os.listdir(self.directory) if os.path.isdir(self.directory) else []
-    return [int(n) for n in names if n.isdigit()]
+    return [int(n) for n in self._names() if n.isdigit()]
 
   def restore_step(self, step: int, abstract_state: Any) -> tuple[int, Any, dict, dict]:
     """(step, state, data_state, meta) of checkpoint `step`; raises if it cannot be read."""
@@ -122,7 +128,7 @@ class Checkpoints:
     # The state item is an ordinary orbax PyTree: its handler reads a subtree of it directly.
     with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
       restored = reader.restore(
-          os.path.join(self.directory, str(step), 'state'),
+          files.path(self.directory) / str(step) / 'state',
           args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
                                       partial_restore=True))
     return restored['params']
@@ -152,13 +158,13 @@ class Checkpoints:
     return None
 
   def _set_aside(self, step: int) -> str:
-    path = os.path.join(self.directory, str(step))
+    path = files.path(self.directory) / str(step)
     aside = f'{path}.corrupted'
     n = 1
-    while os.path.exists(aside):
+    while files.path(aside).exists():
       aside, n = f'{path}.corrupted{n}', n + 1
     if jax.process_index() == 0:
-      os.rename(path, aside)
+      path.rename(aside)
     self._manager.reload()
     return aside
 
@@ -193,10 +199,14 @@ class Checkpoints:
           raise self._failed(self._saving, e) from None
 
   def _remove_temporary(self):
-    if jax.process_index() == 0 and os.path.isdir(self.directory):
-      for name in os.listdir(self.directory):
-        if '.orbax-checkpoint-tmp' in name:
-          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    if jax.process_index() != 0:
+      return
+    for name in self._names():
+      if '.orbax-checkpoint-tmp' in name:
+        try:
+          (files.path(self.directory) / name).rmtree()
+        except OSError:
+          pass  # as before: what cannot be removed stays (a resumed run ignores it)
 
 
 def _drop_orbax_error_logs():

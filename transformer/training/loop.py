@@ -18,7 +18,6 @@ and puts the previous SIGTERM handler back.
 import contextlib
 import dataclasses
 import functools
-import os
 import signal
 import sys
 import time
@@ -126,7 +125,7 @@ class Run:
 
   @property
   def summary_path(self) -> str:
-    return os.path.join(self.workdir, 'summary.json')
+    return str(files.path(self.workdir) / 'summary.json')
 
 
 def prepare(config: Any, workdir: str, devices: list | None,
@@ -139,14 +138,14 @@ def prepare(config: Any, workdir: str, devices: list | None,
   tokenizer = pipeline.get_tokenizer(experiment)
   experiment = pipeline.with_vocab(experiment, tokenizer)
   par, model = steps.make_parallel(experiment, devices)
-  ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'),
+  ckpts = checkpoint.Checkpoints(files.path(workdir) / 'checkpoints',
                                  keep=experiment.train.keep_checkpoints)
   stack.callback(ckpts.close)
   _check_checkpoint_matches(ckpts, par.abstract, workdir)
   if not ckpts.steps():  # init_from is read only by a run's first start
     finetune.check_init_from(experiment)
   if _is_main():
-    files.write_json(os.path.join(workdir, 'config.json'), experiment.to_dict())
+    files.write_json(files.path(workdir) / 'config.json', experiment.to_dict())
   return Run(experiment, workdir, tokenizer, par, model, ckpts,
              counting.summarize(experiment.model, experiment.data.seq_len))
 
@@ -154,9 +153,13 @@ def prepare(config: Any, workdir: str, devices: list | None,
 def _probe_workdir(workdir: str):
   """Every directory the run writes must take a file, before anything compiles (a read-only
   checkpoints/ in a writable workdir used to fail only at the first save, in orbax's
-  background thread)."""
-  for directory in (workdir, os.path.join(workdir, 'checkpoints'),
-                    os.path.join(workdir, 'tensorboard')):
+  background thread). A remote workdir (gs://...) takes one test object: an object store has no
+  directories, and its refusals (no backend, no network, no credentials) are one line."""
+  if files.is_remote(workdir):
+    files.check_remote(workdir, '--workdir')
+    return
+  for directory in (workdir, files.path(workdir) / 'checkpoints',
+                    files.path(workdir) / 'tensorboard'):
     code = files.probe_writable(directory)
     if code is not None:
       where = '' if directory == workdir else f': {directory}'
@@ -452,11 +455,11 @@ def finish(run: Run, state: Any, progress: Progress) -> dict[str, Any]:
     summary['sample'] = _sample_text(run, state)
   if _is_main():
     plots.plot_loss_curve(files.read_jsonl(progress.writer.path),
-                          os.path.join(run.workdir, 'loss.png'),
-                          title=os.path.basename(os.path.abspath(run.workdir)),
+                          files.path(run.workdir) / 'loss.png',
+                          title=files.absolute(run.workdir).name,
                           bytes_tokenizer='eval_bits_per_byte' in summary)
     if 'sample' in summary:
-      files.atomic_write(os.path.join(run.workdir, 'sample.txt'), summary['sample'])
+      files.atomic_write(files.path(run.workdir) / 'sample.txt', summary['sample'])
     files.write_json(run.summary_path, summary)
     _report(summary, run.workdir)
   return summary

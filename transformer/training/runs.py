@@ -6,7 +6,6 @@ trained model through transformer/inference/trained.py, which builds on this.
 """
 
 import functools
-import os
 from typing import Any
 
 import jax
@@ -22,21 +21,23 @@ from transformer.training import checkpoint
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """WORKDIR/config.json (written when a run starts) over the base config: fields added since
   the run was written get their defaults."""
-  saved = files.read_json(os.path.join(workdir, 'config.json'))
+  files.check_remote(workdir, '--workdir', write=False)
+  saved = files.read_json(files.path(workdir) / 'config.json')
   if saved is None:
     raise ConfigError(f'--workdir={workdir} holds no run: {workdir}/config.json does not exist '
                       '(train writes it when a run starts)')
   config = presets.with_base(saved)
   # A converted run keeps its tokenizer in WORKDIR/tokenizer: read from there wherever the run
   # was converted (it may have been moved, and another run put where it was).
-  own = os.path.join(workdir, 'tokenizer')
-  if config.data.tokenizer == 'huggingface' and os.path.isdir(own):
-    config.data.hf_tokenizer = os.path.abspath(own)
+  own = files.absolute(files.path(workdir) / 'tokenizer')
+  if config.data.tokenizer == 'huggingface' and own.is_dir():
+    config.data.hf_tokenizer = str(own)
   return config
 
 
 def read_experiment(workdir: str) -> Experiment:
   """The validated experiment of the run in `workdir`."""
+  files.check_remote(workdir, '--workdir', write=False)
   try:
     return Experiment.from_config(read_config(workdir))
   except ConfigError as e:
@@ -44,8 +45,8 @@ def read_experiment(workdir: str) -> Experiment:
 
 
 def has_checkpoint(workdir: str) -> bool:
-  directory = os.path.join(workdir, 'checkpoints')
-  return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
+  directory = files.path(workdir) / 'checkpoints'
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
 def read_params(workdir: str, experiment: Experiment, step: int | None = None
@@ -55,7 +56,7 @@ def read_params(workdir: str, experiment: Experiment, step: int | None = None
   optimizer's state. A ConfigError if there is no such checkpoint."""
   abstract = jax.eval_shape(functools.partial(models.init_params, experiment.model),
                             jax.random.key(0))
-  ckpts = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'))
+  ckpts = checkpoint.Checkpoints(files.path(workdir) / 'checkpoints')
   try:
     steps = ckpts.steps()
     if not steps:
@@ -76,7 +77,7 @@ def read_params(workdir: str, experiment: Experiment, step: int | None = None
 def finished_summary(workdir: str, num_steps: int) -> dict | None:
   """The run's summary.json if the run has finished (its summary complete, for at least
   `num_steps` steps); None while it has not, or was stopped before writing all of it."""
-  summary = files.read_json(os.path.join(workdir, 'summary.json')) or {}
+  summary = files.read_json(files.path(workdir) / 'summary.json') or {}
   complete = (summary.get('status') == 'finished' and summary.get('steps', 0) >= num_steps
               and summary.get('final_train_loss') is not None)
   return summary if complete else None
