@@ -402,6 +402,10 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path):
   refused(wrong, run, r'h.0.mlp.c_fc.weight', overwrite=True)
   assert os.listdir(run) == ['notes.txt']
   refused(good, tmp_path, r'holds the checkpoint being converted', overwrite=True)
+  refused(good, 'gs://bucket/run', r'--to=gs://bucket/run: the conversion writes a local directory')
+  refused('gs://bucket/gpt2', tmp_path / 'new',
+          r'--from=gs://bucket/gpt2: a Hugging Face checkpoint is read from a local directory')
+  assert not os.path.exists('gs:') and not (tmp_path / 'gs:').exists()
   done = _command('transformer.convert', f'--from={good}', f'--to={run}', '--overwrite')
   assert done.returncode == 0 and 'gpt2 as decoder_only (lm head)' in done.stdout, done.stderr
   assert sorted(os.listdir(run)) == ['checkpoints', 'config.json']

@@ -608,7 +608,11 @@ def _check_params(cfg: ModelConfig, params: dict):
 
 
 def check_destination(out: str, overwrite: bool, what: str):
-  """--to must be new or empty, unless --overwrite (which replaces it only after success)."""
+  """--to must be local, and new or empty unless --overwrite (which replaces it only after
+  success)."""
+  if files.is_remote(out):
+    _fail(f'--to={out}: the {what} writes a local directory (a gs:// one is not supported); '
+          'write it locally, then copy it (gcloud storage cp -r)')
   if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)) and not overwrite:
     _fail(f'--to={out} already exists and is not empty; choose a new directory, or pass '
           f'--overwrite to replace it once the {what} has succeeded')
@@ -646,8 +650,11 @@ def convert(source: str, workdir: str, head: str = 'auto', overwrite: bool = Fal
   summary. Raises ConfigError (nothing written) on anything unsupported."""
   if head not in HEADS:
     _fail(f'--head={head} is invalid: must be one of {", ".join(HEADS)}')
-  workdir = os.path.abspath(workdir)
   check_destination(workdir, overwrite, 'conversion')
+  workdir = os.path.abspath(workdir)
+  if files.is_remote(source):
+    _fail(f'--from={source}: a Hugging Face checkpoint is read from a local directory or the '
+          'Hub; copy it here first (gcloud storage cp -r)')
   directory = source if os.path.isdir(source) else download(source)
   inside = os.path.commonpath([workdir, os.path.abspath(directory)]) == workdir
   if inside:

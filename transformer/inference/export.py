@@ -20,6 +20,7 @@ import os
 
 import numpy as np
 
+from transformer import files
 from transformer.config import ModelConfig
 from transformer.data import pipeline, tokenizers
 from transformer.errors import ConfigError
@@ -355,9 +356,11 @@ def export(workdir: str, out: str, step: int | None = None, overwrite: bool = Fa
     from safetensors.numpy import save_file
   except ImportError:
     _fail("--to_hf needs transformers and safetensors (pip install -e '.[interop]')")
-  out = os.path.abspath(out)
   convert.check_destination(out, overwrite, 'export')
-  if os.path.commonpath([out, os.path.abspath(workdir)]) in (out, os.path.abspath(workdir)):
+  out = os.path.abspath(out)
+  local = not files.is_remote(workdir)  # a gs:// run is read through epath (runs.py)
+  if local and os.path.commonpath([out, os.path.abspath(workdir)]) in (
+      out, os.path.abspath(workdir)):
     _fail(f'--to={out} and --from={workdir} overlap; choose a directory outside the run')
   experiment = runs.read_experiment(workdir)
   cfg = experiment.model
