@@ -7,12 +7,20 @@ import shutil
 import tempfile
 
 # The tests' models are tiny: compiling them costs far more than running them. LLVM's
-# optimisation level 0 compiles about a fifth faster on CPU and computes the same results
-# (the golden values hold; bitwise comparisons compare runs under the same flags). Set before
-# JAX starts its backend, and inherited by the training processes the tests start.
-if '--xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
-                             + ' --xla_backend_optimization_level=0').strip()
+# optimisation level 0 compiles about a fifth faster on CPU; without LLVM's expensive passes
+# and XLA:CPU's fusion emitters (test_mup.py's FAST_COMPILE) a third faster again (every
+# operation of an eager call is a compilation of its own). The results are the same to the
+# tests' tolerances (the golden values hold; bitwise comparisons compare runs under the same
+# flags). Set before JAX starts its backend, and inherited by the processes the tests start.
+for _flag in ('--xla_backend_optimization_level=0', '--xla_llvm_disable_expensive_passes=true',
+              '--xla_cpu_use_fusion_emitters=false'):
+  if _flag.split('=')[0] not in os.environ.get('XLA_FLAGS', ''):
+    os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {_flag}'.strip()
+
+# MFU's denominator, given instead of measured: on CPU every process that trains measured it, a
+# 2048 x 2048 matmul 9 times, about 2 s of 2 cores each. test_train.py measures it (the bench
+# command, in a process without this variable) and checks that this variable is read.
+os.environ.setdefault('TRANSFORMER_PEAK_FLOPS', '1e11')
 
 import jax  # noqa: E402
 
@@ -32,9 +40,14 @@ import pytest  # noqa: E402
 
 
 def pytest_collection_modifyitems(items):
-  """The slow tests first (stable: the others keep their order), so that the workers end
-  together instead of one waiting for a long test that started last."""
-  items.sort(key=lambda item: item.get_closest_marker('slow') is None)
+  """The slow tests first, longest first (`@pytest.mark.slow(SECONDS)`: about how long it takes
+  on 2 cores beside another test; a bare mark counts as 30), the others after them in their
+  order: xdist's worksteal gives each worker a contiguous half of this list and idle workers
+  take the end of a busy one's, so what runs last is short and the workers end together."""
+  def seconds(item):
+    mark = item.get_closest_marker('slow')
+    return (mark.args[0] if mark.args else 30) if mark else 0
+  items.sort(key=seconds, reverse=True)  # stable: equal estimates keep their order
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ def command(workdir, data_dir, *args):
       sys.executable, '-m', 'transformer.train', f'--workdir={workdir}',
       '--config=configs/decoder_only.py:tiny', f'--config.data.data_dir={data_dir}',
       '--config.data.seq_len=32', '--config.data.batch_size=8', '--config.train.log_every=1',
+      '--config.model.num_layers=1',  # one block shards as two do, and compiles faster
       '--config.train.eval_batches=1', '--config.train.sample_tokens=0',
       '--config.opt.name=sgd', '--config.opt.lr=0.3', '--config.opt.schedule=constant',
       '--config.opt.warmup_steps=0', '--config.mesh.fsdp=2', '--config.mesh.tensor=2', *args]
@@ -47,7 +48,7 @@ def launch(workdir, data_dir, *args, processes=2):
   port = free_port()
   job = command(workdir, data_dir, *args) + [
       f'--coordinator_address=127.0.0.1:{port}', f'--num_processes={processes}',
-      '--heartbeat_timeout_s=30']
+      '--heartbeat_timeout_s=10']  # when the coordinator notices the dead process: 10 s, not 30
   return [subprocess.Popen(job + [f'--process_id={i}'], cwd=ROOT, env=env, text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
           for i in range(processes)]
@@ -63,7 +64,7 @@ def saved_steps(workdir):
   return [int(d) for d in os.listdir(directory) if d.isdigit()] if directory.is_dir() else []
 
 
-@pytest.mark.slow
+@pytest.mark.slow(30)
 def test_a_two_process_job_survives_a_dead_process_resumes_on_any_count_and_matches_one(
     tmp_path, data_dir):
   """Two processes train; one is killed; the other stops instead of hanging; the job resumes

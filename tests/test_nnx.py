@@ -28,6 +28,7 @@ def paths(tree) -> dict:
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+@pytest.mark.slow(5)
 @pytest.mark.parametrize('family', ['decoder_only', 'encoder_decoder'])
 def test_an_nnx_bridged_model_gives_the_linen_outputs_and_gradients(family):
   cfg = ModelConfig.from_config(presets.get_config(family, 'tiny'))

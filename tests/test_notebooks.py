@@ -81,7 +81,7 @@ def test_notebook_follows_the_convention(path):
       f'{name}: the committed run must be the full setting (it has injected parameters)')
 
 
-@pytest.mark.slow
+@pytest.mark.slow(10)
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=_name)
 def test_notebook_runs_in_smoke_setting(path, tmp_path, data_dir, monkeypatch):
   name = _name(path)

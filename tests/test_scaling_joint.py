@@ -143,20 +143,25 @@ def test_where_and_drop_highest_choose_the_points(tmp_path):
 
 
 def test_bad_flags_get_one_line(tmp_path):
+  """Each a ResultsError, which the command prints as one line with exit 2: the command's own
+  rule through the command, the rules of the flags it passes on where they are checked."""
   write_table(tmp_path / 't.csv')
   write_sweep(tmp_path)
-  for args, message in (
-      ([f'--csv={tmp_path / "t.csv"}', '--n_column=params', '--c_column=Training FLOP',
-        '--loss_column=loss'], "--n_column='params' is not a column of"),
-      ([f'--csv={tmp_path / "t.csv"}', '--n_column=Model Size', '--loss_column=loss'],
-       '--csv needs --d_column'),
-      ([tmp_path, tmp_path], '2 directories are fitted together: name where the analysis goes'),
-      ([tmp_path, '--predict=N=abc'], "--predict='N=abc': expected N=..., D=..."),
-      ([tmp_path, '--where=N<'], "--where='N<' is not FIELD OP NUMBER")):
-    done = scaling_command(*args)
-    assert done.returncode == 2, (args, done.stderr)
-    assert done.stderr.count('\n') == 1 and 'Traceback' not in done.stderr
-    assert message in done.stderr, done.stderr
+  done = scaling_command(tmp_path, tmp_path)
+  assert done.returncode == 2, done.stderr
+  assert done.stderr.count('\n') == 1 and 'Traceback' not in done.stderr
+  assert '2 directories are fitted together: name where the analysis goes' in done.stderr
+  table = str(tmp_path / 't.csv')
+  for check, message in (
+      (lambda: scaling.read_table(table, 'params', 'loss', c_column='Training FLOP'),
+       "--n_column='params' is not a column of"),
+      (lambda: scaling.read_table(table, 'Model Size', 'loss'), '--csv needs --d_column'),
+      (lambda: scaling.parse_prediction('N=abc'), "--predict='N=abc': expected N=..., D=..."),
+      (lambda: scaling.select(scaling.read_results(str(tmp_path)), ['N<']),
+       "--where='N<' is not FIELD OP NUMBER")):
+    with pytest.raises(scaling.ResultsError) as error:
+      check()
+    assert message in str(error.value) and '\n' not in str(error.value)
 
 
 def test_an_exponent_interval_reaching_zero_is_not_a_headline():

@@ -170,6 +170,7 @@ LAYOUTS = {'pmap': ('pmap', (-1, 1, 1)), 'jit 8x1x1': ('jit', (8, 1, 1)),
            'jit 2x4x1': ('jit', (2, 4, 1)), 'jit 2x2x2': ('jit', (2, 2, 2))}
 
 
+@pytest.mark.slow(6)
 @pytest.mark.parametrize('family', ['decoder_only', 'encoder_only', 'encoder_decoder'])
 def test_every_layout_trains_like_one_device(family):
   """20 SGD steps from the same parameters (sharded initialisation is tested above). SGD, not
@@ -207,6 +208,7 @@ def test_every_layout_trains_like_one_device(family):
 # --- checkpoints across meshes --------------------------------------------------------------------
 
 
+@pytest.mark.slow(5)
 def test_a_checkpoint_restores_bitwise_onto_other_meshes(tmp_path):
   config = small(mesh=(2, 4, 1))
   config.opt.update(name='adamw')

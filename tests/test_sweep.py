@@ -175,7 +175,7 @@ def read_results(workdir) -> list[dict]:
     return list(csv.DictReader(f))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(25)
 def test_sweep_isolates_failures_skips_finished_and_runs_through_submitit(tmp_path, data_dir):
   path, workdir = tmp_path / 'tiny.py', tmp_path / 'sweep'
   path.write_text(TINY_SWEEP)

@@ -186,10 +186,12 @@ def run_config(family, dataset, data_dir, steps, **extra):
 
 @pytest.mark.parametrize('family,dataset,extra', [
     ('decoder_only', 'shakespeare', {}),  # the session's trained_lm (conftest.py)
-    ('encoder_only', 'shakespeare', {}),
-    ('encoder_decoder', 'copy', {'data__synthetic_len': 6, 'train__bleu_examples': 8,
-                                 'train__bleu_tokenize': 'char'}),
-    ('encoder_only', 'imdb_reviews', {'model__head': 'classify'}),
+    pytest.param('encoder_only', 'shakespeare', {}, marks=pytest.mark.slow(10)),
+    pytest.param('encoder_decoder', 'copy', {'data__synthetic_len': 6, 'train__bleu_examples': 8,
+                                             'train__bleu_tokenize': 'char'},
+                 marks=pytest.mark.slow(10)),
+    pytest.param('encoder_only', 'imdb_reviews', {'model__head': 'classify'},
+                 marks=pytest.mark.slow(10)),
 ])
 def test_every_family_learns(request, tmp_path, data_dir, family, dataset, extra):
   import tensorflow_datasets as tfds
@@ -254,13 +256,13 @@ def train_command(workdir, data_dir, *args):
           '--config.train.eval_batches=2', '--config.train.checkpoint_every=4', *args]
 
 
-def train_in_process(workdir, data_dir, num_steps):
-  """What train_command runs, in this process, on one device (as the command does): for the
-  runs a test only needs to have happened."""
+def train_in_process(workdir, data_dir, num_steps, eval_every=None, batch_size=4):
+  """What train_command runs, in this process, on one device (as the command does; bitwise
+  the same run): for the runs a test does not start or stop as a process."""
   config = presets.get_config('decoder_only', 'tiny')
-  config.data.update(data_dir=data_dir, seq_len=32, batch_size=4)
+  config.data.update(data_dir=data_dir, seq_len=32, batch_size=batch_size)
   config.train.update(log_every=2, eval_batches=2, checkpoint_every=4, num_steps=num_steps,
-                      eval_every=num_steps)
+                      eval_every=eval_every or num_steps)
   return loop.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1])
 
 
@@ -286,15 +288,14 @@ def loss_curve(workdir):
           if 'loss' in r}
 
 
-@pytest.mark.slow
-def test_resume_after_sigkill_is_exact(tmp_path, data_dir):
-  steps = ['--config.train.num_steps=16', '--config.train.eval_every=8']
+@pytest.mark.slow(12)
+def test_resume_after_sigkill_is_exact(tmp_path, data_dir, capsys):
+  """The command killed mid-run (maybe mid-save, maybe mid-step), then resumed, ends bitwise
+  where the run that never stopped ends. Only the killed run needs a process of its own: the
+  others are train_command's run in this process."""
   whole, killed = tmp_path / 'whole', tmp_path / 'killed'
-  done = subprocess.run(train_command(whole, data_dir, *steps), cwd=ROOT, capture_output=True,
-                        text=True, timeout=300)
-  assert done.returncode == 0, done.stderr[-2000:]
-
-  process = subprocess.Popen(train_command(killed, data_dir, *steps), cwd=ROOT,
+  process = subprocess.Popen(train_command(killed, data_dir, '--config.train.num_steps=16',
+                                           '--config.train.eval_every=8'), cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 240
   while time.time() < deadline and max(saved_steps(killed), default=0) < 8:
@@ -303,28 +304,27 @@ def test_resume_after_sigkill_is_exact(tmp_path, data_dir):
   process.wait()
   assert process.returncode == -signal.SIGKILL
   assert not (killed / 'summary.json').exists()
-  resumed = subprocess.run(train_command(killed, data_dir, *steps), cwd=ROOT,
-                           capture_output=True, text=True, timeout=300)
-  assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert 'resuming at step' in resumed.stdout
+  train_in_process(whole, data_dir, 16, eval_every=8)
+  capsys.readouterr()
+  train_in_process(killed, data_dir, 16, eval_every=8)
+  assert 'resuming at step' in capsys.readouterr().out
 
   step_a, a = restored_params(whole)
   step_b, b = restored_params(killed)
   assert step_a == step_b == 16
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)  # bitwise
-
-  # Another batch size would read other slots of the data order: refused, the run left intact.
-  smaller = subprocess.run(train_command(whole, data_dir, '--config.train.num_steps=20',
-                                         '--config.data.batch_size=2'),
-                           cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert smaller.returncode == 2, smaller.stderr[-2000:]
-  assert smaller.stderr.count('\n') == 1 and 'Traceback' not in smaller.stderr
-  assert ('--config.data.batch_size=2: the run in' in smaller.stderr
-          and 'resume with data.batch_size=4' in smaller.stderr), smaller.stderr
-  assert restored_params(whole)[0] == 16
   assert loss_curve(killed) == loss_curve(whole)
   assert sorted(loss_curve(whole)) == list(range(2, 17, 2))
+
+  # Another batch size would read other slots of the data order: refused (a ConfigError: one
+  # line and exit 2 from the command), the run left intact.
+  with pytest.raises(ConfigError) as refused:
+    train_in_process(whole, data_dir, 20, batch_size=2)
+  assert ('--config.data.batch_size=2: the run in' in str(refused.value)
+          and 'resume with data.batch_size=4' in str(refused.value)), refused.value
+  assert restored_params(whole)[0] == 16
+  assert loss_curve(killed) == loss_curve(whole)
 
 
 def test_sigterm_saves_and_exits_then_resumes(tmp_path, data_dir):
@@ -345,6 +345,7 @@ def test_sigterm_saves_and_exits_then_resumes(tmp_path, data_dir):
   assert os.listdir(tmp_path / 'checkpoints') == [saved.group(1)]
 
 
+@pytest.mark.slow(8)
 def test_sigterm_during_the_last_steps_evaluation_exits_143_and_the_rerun_finishes(
     tmp_path, data_dir):
   """The last step's evaluation (600 batches: a second or two), then its save: SIGTERM in
@@ -395,6 +396,7 @@ def test_a_run_stopped_before_its_summary_is_finished_by_a_rerun(tmp_path, train
       first['final_eval_loss'])  # and now it is finished
 
 
+@pytest.mark.slow(7)
 def test_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path, data_dir):
   """The newest checkpoint's array data cut short (a disk that failed mid-write): the run says
   so in one warning line (its failed reads used to print 100-200 'Event loop is closed'
@@ -466,8 +468,9 @@ def error_lines(stderr):
   return [line for line in stderr.strip().splitlines() if '%|' not in line]
 
 
+@pytest.mark.slow(6)
 def test_a_full_disk_stops_the_run_in_one_line_and_the_run_resumes_once_it_has_room(
-    tmp_path, data_dir, mounts):
+    tmp_path, data_dir, mounts, capsys):
   disk = tmp_path / 'disk'
   disk.mkdir()
   mounts('-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', disk)  # room for one checkpoint (1.6 MB)
@@ -481,26 +484,25 @@ def test_a_full_disk_stops_the_run_in_one_line_and_the_run_resumes_once_it_has_r
       'writable, then run the same command to resume'], full.stderr[-3000:]
   assert os.listdir(run / 'checkpoints') == ['4']  # the partial step 8 was removed
   mount('-o', 'remount,size=100m', disk)
-  resumed = subprocess.run(train_command(run, data_dir, *args), cwd=ROOT, capture_output=True,
-                           text=True, timeout=120)
-  assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert 'resuming at step 4 of 12' in resumed.stdout
+  train_in_process(run, data_dir, 12)  # the same command again, in this process
+  assert 'resuming at step 4 of 12' in capsys.readouterr().out
   assert runs.finished_summary(str(run), 12) is not None
 
 
+@pytest.mark.slow(6)
 def test_a_read_only_checkpoints_directory_is_refused_before_compiling_or_stops_the_run(
-    tmp_path, data_dir, mounts):
+    tmp_path, data_dir, mounts, capsys):
   checkpoints = tmp_path / 'checkpoints'
   checkpoints.mkdir()
   mounts('--bind', checkpoints, checkpoints)
   args = ['--config.train.num_steps=16', '--config.train.eval_every=16']
-  # Read-only from the start: refused at once (it used to wait 300 s, printing tracebacks).
+  # Read-only from the start: refused at once (it used to wait 300 s, printing tracebacks), by a
+  # ConfigError (the command's one line and exit 2).
   mount('-o', 'remount,ro,bind', checkpoints)
-  refused = subprocess.run(train_command(tmp_path, data_dir, *args), cwd=ROOT,
-                           capture_output=True, text=True, timeout=120)
-  assert refused.returncode == 2, refused.stderr[-2000:]
-  assert refused.stderr.strip() == (f'error: --workdir={tmp_path}: {checkpoints} is not '
-                                    'writable: Read-only file system (EROFS)')
+  with pytest.raises(ConfigError) as refused:
+    train_in_process(tmp_path, data_dir, 16)
+  assert str(refused.value) == (f'--workdir={tmp_path}: {checkpoints} is not writable: '
+                                'Read-only file system (EROFS)')
   # Made read-only while the run saves: it stops with the last good checkpoint.
   mount('-o', 'remount,rw,bind', checkpoints)
   process = subprocess.Popen(train_command(tmp_path, data_dir, *args), cwd=ROOT,
@@ -523,10 +525,9 @@ def test_a_read_only_checkpoints_directory_is_refused_before_compiling_or_stops_
   assert stopped, err[-3000:]
   assert saved_steps(tmp_path)[-1] == int(stopped.group(2)) < int(stopped.group(1))
   mount('-o', 'remount,rw,bind', checkpoints)
-  resumed = subprocess.run(train_command(tmp_path, data_dir, *args), cwd=ROOT,
-                           capture_output=True, text=True, timeout=120)
-  assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert f'resuming at step {stopped.group(2)} of 16' in resumed.stdout
+  capsys.readouterr()
+  train_in_process(tmp_path, data_dir, 16)  # the same command again, in this process
+  assert f'resuming at step {stopped.group(2)} of 16' in capsys.readouterr().out
   assert runs.finished_summary(str(tmp_path), 16) is not None
 
 
@@ -616,12 +617,14 @@ def test_workdir_problems_give_one_line(tmp_path, data_dir):
   assert sorted(os.listdir(run / 'checkpoints')) == ['4']  # nothing of the user's was touched
 
 
+@pytest.mark.slow(6)
 def test_bench_reports_the_contract_fields(data_dir):
+  measured = {k: v for k, v in os.environ.items() if k != 'TRANSFORMER_PEAK_FLOPS'}  # conftest
   result = subprocess.run([sys.executable, '-m', 'transformer.bench',
                            '--config=configs/decoder_only.py:tiny', '--config.data.seq_len=32',
                            '--config.data.batch_size=4', f'--config.data.data_dir={data_dir}',
                            '--json', '--windows=2', '--steps=2'],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=measured)
   assert result.returncode == 0, result.stderr[-2000:]
   info = json.loads(result.stdout.strip().splitlines()[-1])
   for key in ('tokens_per_sec', 'step_ms', 'compile_s', 'params', 'flops_per_token', 'mfu',
@@ -638,6 +641,16 @@ def test_bench_reports_the_contract_fields(data_dir):
   assert 0 < info['data_ms'] < 10_000, info.get('data_error')
 
 
-def test_cpu_peak_is_measured_not_assumed():
+def test_cpu_peak_is_measured_not_assumed(monkeypatch):
   peak = counting.measure_matmul_flops(jax.devices()[0], n=512, repeats=3)
   assert 1e8 < peak < 1e13
+  # peak_flops measures it on CPU, unless $TRANSFORMER_PEAK_FLOPS gives it (conftest.py does).
+  monkeypatch.setattr(counting, 'measure_matmul_flops', lambda device: peak)
+  device = jax.devices()[0]
+  try:
+    for given, expected in (('', peak), ('2.5e11', 2.5e11)):
+      monkeypatch.setenv('TRANSFORMER_PEAK_FLOPS', given)
+      counting.peak_flops.cache_clear()
+      assert counting.peak_flops(device) == expected
+  finally:
+    counting.peak_flops.cache_clear()

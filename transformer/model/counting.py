@@ -12,11 +12,12 @@ Conventions (stated once, used by train, describe, bench, sweeps and the scaling
   per target token with source length = target length = T: the decoder's cross-attention
   counts as one more attention per decoder layer.
 - Peak FLOP/s: the published dense bf16 peak of known accelerators; on CPU, the best float32
-  matmul measured in this process.
+  matmul measured in this process; $TRANSFORMER_PEAK_FLOPS (per device) wins over both.
 """
 
 import functools
 import math
+import os
 import re
 import time
 from typing import Any
@@ -137,7 +138,11 @@ ACCELERATOR_PEAKS = (
 
 @functools.lru_cache(maxsize=None)
 def peak_flops(device: jax.Device | None = None) -> float:
-  """Peak FLOP/s of a device: published for known accelerators, measured on CPU."""
+  """Peak FLOP/s of a device: $TRANSFORMER_PEAK_FLOPS where set (e.g. 1e11: a CPU's known
+  peak, or where runs are too short to spend the measurement's 2 s on it), else published for
+  known accelerators, measured on CPU."""
+  if os.environ.get('TRANSFORMER_PEAK_FLOPS'):
+    return float(os.environ['TRANSFORMER_PEAK_FLOPS'])
   device = device or jax.local_devices()[0]
   if device.platform != 'cpu':
     for name, peak in ACCELERATOR_PEAKS:
