@@ -4,6 +4,7 @@ compilation cache shared by every test process and subprocess of the session, an
 import fcntl
 import os
 import shutil
+import subprocess
 import tempfile
 
 # The tests' models are tiny: compiling them costs far more than running them. LLVM's
@@ -92,3 +93,27 @@ def trained_lm(tmp_path_factory, data_dir):
       config.opt.update(lr=3e-3, warmup_steps=5)
       loop.train_and_evaluate(config, str(workdir), devices=jax.devices()[:1])
   return str(workdir)
+
+
+# --- storage that refuses writes (as root, with real mounts) ------------------------------------
+
+
+def mount(*args):
+  if os.geteuid() != 0:
+    pytest.skip('mounting a file system needs root')
+  result = subprocess.run(['mount', *map(str, args)], capture_output=True, text=True)
+  if result.returncode != 0:
+    pytest.skip(f'mount {" ".join(map(str, args))} failed: {result.stderr.strip()}')
+
+
+@pytest.fixture
+def mounts():
+  """mount(...) for the test; every mount it made is undone afterwards."""
+  made = []
+
+  def _mount(*args):
+    mount(*args)
+    made.append(args[-1])
+  yield _mount
+  for target in reversed(made):
+    subprocess.run(['umount', '-l', str(target)], capture_output=True)

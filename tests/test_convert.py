@@ -589,3 +589,20 @@ def test_export_refuses_what_hugging_face_cannot_express(tmp_path, trained_lm):
     export.export(trained_lm, os.path.join(trained_lm, 'hf'))
   assert export.export(trained_lm, str(out), step=20, overwrite=True)['step'] == 20
   assert sorted(os.listdir(out)) == ['config.json', 'model.safetensors']
+
+
+def test_export_to_a_full_disk_is_one_line_and_keeps_what_was_there(tmp_path, trained_lm, mounts):
+  """A real full disk (tmpfs): the export stops in one line naming --to and the errno; the
+  model already there is kept, and no staging directory is left."""
+  disk = tmp_path / 'disk'
+  disk.mkdir()
+  mounts('-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', disk)  # the safetensors file is ~450 kB
+  out = disk / 'hf'
+  out.mkdir()
+  (out / 'config.json').write_text('{"kept": true}')
+  with pytest.raises(ConfigError, match=r'--to=.*/disk/hf: writing failed \(.*No space left on '
+                                        r'device.*\); nothing was replaced') as error:
+    export.export(trained_lm, str(out), overwrite=True)
+  assert '\n' not in str(error.value)
+  assert os.listdir(disk) == ['hf'] and os.listdir(out) == ['config.json']
+  assert json.loads((out / 'config.json').read_text()) == {'kept': True}

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import mount
 from transformer import config as schema, presets
 from transformer.analysis import bench
 from transformer.config import ModelConfig
@@ -440,27 +441,6 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path, data_dir):
 
 
 # --- storage that refuses writes (as root, with real mounts) ------------------------------------
-
-
-def mount(*args):
-  if os.geteuid() != 0:
-    pytest.skip('mounting a file system needs root')
-  result = subprocess.run(['mount', *map(str, args)], capture_output=True, text=True)
-  if result.returncode != 0:
-    pytest.skip(f'mount {" ".join(map(str, args))} failed: {result.stderr.strip()}')
-
-
-@pytest.fixture
-def mounts():
-  """mount(...) for the test; every mount it made is undone afterwards."""
-  made = []
-
-  def _mount(*args):
-    mount(*args)
-    made.append(args[-1])
-  yield _mount
-  for target in reversed(made):
-    subprocess.run(['umount', '-l', str(target)], capture_output=True)
 
 
 def error_lines(stderr):

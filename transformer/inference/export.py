@@ -23,7 +23,7 @@ import numpy as np
 from transformer import files
 from transformer.config import ModelConfig
 from transformer.data import pipeline, tokenizers
-from transformer.errors import ConfigError
+from transformer.errors import ConfigError, first_line
 from transformer.inference import convert, trained
 from transformer.model import models
 from transformer.training import runs
@@ -380,7 +380,10 @@ def export(workdir: str, out: str, step: int | None = None, overwrite: bool = Fa
 
   def write(directory):
     hf_config.save_pretrained(directory)
-    save_file(tensors, os.path.join(directory, 'model.safetensors'), metadata={'format': 'pt'})
+    try:
+      save_file(tensors, os.path.join(directory, 'model.safetensors'), metadata={'format': 'pt'})
+    except Exception as e:  # noqa: BLE001 - safetensors' own error type, a full disk included
+      raise OSError(first_line(e, 200)) from e
     if tokenizer is not None:
       tokenizer.save_pretrained(directory)
 
