@@ -220,48 +220,48 @@ def connect_error(probe: str, timeout_s: float) -> str | None:
   """Why HOST:PORT cannot be reached within about `timeout_s` (None: it answered). The
   connection runs in a thread: a name lookup ignores the socket's timeout."""
   host, _, port = probe.rpartition(':')
+  finished, error = _within(lambda: socket.create_connection(
+      (host, int(port)), timeout=timeout_s).close(), timeout_s, (OSError, ValueError))
+  if not finished:
+    return f'no answer in {timeout_s:g} s'
+  return None if error is None else first_line(error)
+
+
+def _within(work, timeout_s: float, errors: tuple = (Exception,)
+            ) -> tuple[bool, BaseException | None]:
+  """Runs `work()` in a daemon thread, left behind after `timeout_s` (a name lookup ignores a
+  socket's timeout; a store's client may retry for a minute): (whether it finished, the error
+  of `errors` it raised or None)."""
   outcome: dict[str, Any] = {}
 
-  def connect():
+  def run():
     try:
-      socket.create_connection((host, int(port)), timeout=timeout_s).close()
-      outcome['reached'] = True
-    except (OSError, ValueError) as e:
-      outcome['error'] = e
+      work()
+      outcome['finished'] = True
+    except errors as e:
+      outcome['finished'], outcome['error'] = True, e
 
-  thread = threading.Thread(target=connect, daemon=True)
+  thread = threading.Thread(target=run, daemon=True)
   thread.start()
   thread.join(timeout_s)
-  if outcome.get('reached'):
-    return None
-  return first_line(outcome['error']) if 'error' in outcome else f'no answer in {timeout_s:g} s'
+  return outcome.get('finished', False), outcome.get('error')
 
 
 def _probe_remote(target: epath.Path, write: bool, timeout_s: float) -> str | None:
-  """Writes and deletes a small object below `target` (or looks `target` up), in a thread that
-  is left behind after `timeout_s`; the reason of a failure in one line, None if it worked."""
-  outcome: dict[str, Any] = {}
-
+  """Writes and deletes a small object below `target` (or looks `target` up), within
+  `timeout_s`; the reason of a failure in one line, None if it worked."""
   def probe():
-    try:
-      if write:
-        probe_file = target / _probe_name()
-        with probe_file.open('w') as f:
-          f.write('ok')
-        probe_file.unlink()
-      else:
-        target.exists()
-      outcome['done'] = True
-    except Exception as e:  # noqa: BLE001 - credentials, permissions, a missing bucket...
-      outcome['error'] = e
+    if write:
+      probe_file = target / _probe_name()
+      with probe_file.open('w') as f:
+        f.write('ok')
+      probe_file.unlink()
+    else:
+      target.exists()
 
-  thread = threading.Thread(target=probe, daemon=True)
-  thread.start()
-  thread.join(timeout_s)
-  if outcome.get('done'):
-    return None
+  # Any error: credentials, permissions, a missing bucket...
+  finished, error = _within(probe, timeout_s)
   what = 'a test object could not be written there' if write else 'it could not be read'
-  if 'error' not in outcome:
+  if not finished:
     return f'{what}: no answer in {timeout_s:g} s (credentials? network?)'
-  error = outcome['error']
-  return f'{what} ({type(error).__name__}: {first_line(error, 200)})'
+  return None if error is None else f'{what} ({type(error).__name__}: {first_line(error, 200)})'
