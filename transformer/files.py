@@ -182,7 +182,7 @@ def check_remote(p: PathLike, flag: str, write: bool = True, timeout_s: float = 
               f'{", ".join(s + "://" for s in REMOTE_SCHEMES)})')
   else:
     reason = _backend_error(scheme)
-  if reason is None and scheme == 'gs' and not _endpoint_given():
+  if reason is None and scheme == 'gs' and not os.environ.get('STORAGE_EMULATOR_HOST'):
     reason = connect_error(GCS_ENDPOINT, 5.0)
     reason = reason and f'{GCS_ENDPOINT} cannot be reached ({reason}): no network here?'
   if reason is None:
@@ -208,17 +208,16 @@ def _backend_error(scheme: str) -> str | None:
   return None
 
 
-def _endpoint_given() -> bool:
-  """A proxy (only it knows what it reaches) or an emulator (STORAGE_EMULATOR_HOST): the
-  endpoint is not probed."""
-  names = ('STORAGE_EMULATOR_HOST', 'HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy',
-           'ALL_PROXY', 'all_proxy')
-  return any(os.environ.get(name) for name in names)
+PROXY_VARIABLES = ('HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy', 'ALL_PROXY',
+                   'all_proxy')
 
 
 def connect_error(probe: str, timeout_s: float) -> str | None:
-  """Why HOST:PORT cannot be reached within about `timeout_s` (None: it answered). The
-  connection runs in a thread: a name lookup ignores the socket's timeout."""
+  """Why HOST:PORT cannot be reached within about `timeout_s` (None: it answered, or a proxy is
+  set: only the proxy knows what it reaches). The connection runs in a thread: a name lookup
+  ignores the socket's timeout."""
+  if any(os.environ.get(name) for name in PROXY_VARIABLES):
+    return None
   host, _, port = probe.rpartition(':')
   finished, error = _within(lambda: socket.create_connection(
       (host, int(port)), timeout=timeout_s).close(), timeout_s, (OSError, ValueError))

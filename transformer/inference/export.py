@@ -18,6 +18,7 @@ unless the export succeeds (assembled beside it, then moved into place).
 import dataclasses
 import os
 
+import jax
 import numpy as np
 
 from transformer import files
@@ -125,33 +126,33 @@ def llama_config(cfg: ModelConfig, ids: dict) -> dict:
 def _linear(p: dict, name: str, transpose: bool = True) -> dict:
   """Our Dense {'kernel' (in, out), 'bias'} as a torch Linear (out, in), or a GPT-2 Conv1D
   (in, out) with transpose=False."""
-  kernel = np.asarray(p['kernel'])
+  kernel = p['kernel']
   out = {f'{name}.weight': kernel.T if transpose else kernel}
   if 'bias' in p:
-    out[f'{name}.bias'] = np.asarray(p['bias'])
+    out[f'{name}.bias'] = p['bias']
   return out
 
 
 def _flat(p: dict) -> dict:
   """Our query/key/value projection (D, N, H) as a Dense (D, N H)."""
-  kernel = np.asarray(p['kernel'])
+  kernel = p['kernel']
   flat = {'kernel': kernel.reshape(kernel.shape[0], -1)}
   if 'bias' in p:
-    flat['bias'] = np.asarray(p['bias']).reshape(-1)
+    flat['bias'] = p['bias'].reshape(-1)
   return flat
 
 
 def _out(p: dict) -> dict:
   """Our output projection (N, H, D) as a Dense (N H, D)."""
-  kernel = np.asarray(p['kernel'])
-  return {'kernel': kernel.reshape(-1, kernel.shape[-1]), **{k: v for k, v in p.items()
-                                                             if k == 'bias'}}
+  flat = dict(p)
+  flat['kernel'] = p['kernel'].reshape(-1, p['kernel'].shape[-1])
+  return flat
 
 
 def _norm(p: dict, name: str) -> dict:
-  out = {f'{name}.weight': np.asarray(p['scale'])}
+  out = {f'{name}.weight': p['scale']}
   if 'bias' in p:
-    out[f'{name}.bias'] = np.asarray(p['bias'])
+    out[f'{name}.bias'] = p['bias']
   return out
 
 
@@ -183,7 +184,7 @@ def gpt2_tensors(cfg: ModelConfig, params: dict) -> dict:
     t.update(_linear(layer['mlp']['wi'], f'{p}.mlp.c_fc', transpose=False))
     t.update(_linear(layer['mlp']['wo'], f'{p}.mlp.c_proj', transpose=False))
   if not cfg.tie_embeddings:
-    t['lm_head.weight'] = np.asarray(params['lm_head']['kernel']).T
+    t['lm_head.weight'] = params['lm_head']['kernel'].T
   return t
 
 
@@ -208,7 +209,7 @@ def bert_tensors(cfg: ModelConfig, params: dict) -> dict:
     t.update(_norm(params['mlm_norm'], f'{c}.transform.LayerNorm'))
     t[f'{c}.bias'] = params['lm_head']['bias']
     if not cfg.tie_embeddings:
-      t[f'{c}.decoder.weight'] = np.asarray(params['lm_head']['kernel']).T
+      t[f'{c}.decoder.weight'] = params['lm_head']['kernel'].T
   else:
     t.update(_linear(params['pooler'], 'bert.pooler.dense'))
     t.update(_linear(params['classifier'], 'classifier'))
@@ -241,10 +242,10 @@ def marian_tensors(cfg: ModelConfig, params: dict) -> dict:
     t.update(_norm(layer['mlp_norm'], f'{p}.final_layer_norm'))
   head = params['lm_head']
   # Marian always has a logit bias: zeros compute the same as none.
-  bias = np.asarray(head['bias']) if 'bias' in head else np.zeros(cfg.vocab_size, np.float32)
+  bias = head['bias'] if 'bias' in head else np.zeros(cfg.vocab_size, np.float32)
   t['final_logits_bias'] = bias[None, :]
   if not cfg.tie_embeddings:  # tied: the target embeddings, which save_pretrained omits
-    t['lm_head.weight'] = np.asarray(head['kernel']).T
+    t['lm_head.weight'] = head['kernel'].T
   return t
 
 
@@ -262,7 +263,7 @@ def llama_tensors(cfg: ModelConfig, params: dict) -> dict:
     t.update(_linear(layer['mlp']['wi'], f'{p}.mlp.up_proj'))
     t.update(_linear(layer['mlp']['wo'], f'{p}.mlp.down_proj'))
   if not cfg.tie_embeddings:
-    t['lm_head.weight'] = np.asarray(params['lm_head']['kernel']).T
+    t['lm_head.weight'] = params['lm_head']['kernel'].T
   return t
 
 
@@ -371,9 +372,8 @@ def export(workdir: str, out: str, step: int | None = None, overwrite: bool = Fa
   _refuse_inexpressible(cfg, model_type, hf)  # before reading any checkpoint
   run = trained.load(workdir, step)
   params = models.unstack_layers(run.params) if cfg.scan_layers else run.params
-  import jax
-  params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
-  tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in tensors_fn(cfg, params).items()}
+  params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)  # the tensor functions' input
+  tensors = {k: np.ascontiguousarray(v) for k, v in tensors_fn(cfg, params).items()}
   tokenizer = _hf_tokenizer(run)
   hf_config = transformers.AutoConfig.for_model(model_type, **hf)
   hf_config.dtype = 'float32'
